@@ -131,6 +131,7 @@ impl std::fmt::Display for ErrorCode {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -146,13 +147,13 @@ mod tests {
         for code in ErrorCode::ALL {
             let s = code.as_str();
             assert!(!s.is_empty());
-            assert!(
-                s.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
-                "{s}"
-            );
+            assert!(s.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{s}");
         }
         assert_eq!(ErrorCode::PipelineNotFound.as_str(), "PIPELINE_NOT_FOUND");
-        assert_eq!(ErrorCode::IdempotencyConflict.to_string(), "IDEMPOTENCY_CONFLICT");
+        assert_eq!(
+            ErrorCode::IdempotencyConflict.to_string(),
+            "IDEMPOTENCY_CONFLICT"
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! that clients can match on; the code travels unchanged from the
 //! processor that raised it to the `batch_errors` table and the API.
 
+pub mod destination;
 pub mod error;
 pub mod processor;
-pub mod destination;
 
 pub use destination::{DeliveryError, Destination, FailureKind, OutputPart};
 pub use error::ErrorCode;
@@ -28,6 +28,7 @@ pub fn record_id(batch_id: &uuid::Uuid, index: u64, n: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -38,4 +39,43 @@ mod tests {
             "00000000-0000-0000-0000-000000000000:42:1"
         );
     }
+}
+
+/// One problem found while validating a document, located by a JSON
+/// pointer into that document (`/processors/1/schema`). Validators return
+/// every problem they find, never only the first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same problem, with its path moved under `prefix`.
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.path = format!("{prefix}{}", self.path);
+        self
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Escape one JSON pointer reference token (RFC 6901).
+pub fn pointer_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
 }
