@@ -137,6 +137,10 @@ pub struct ValidateSpec {
 pub struct MapSpec {
     /// Operations applied in order.
     pub ops: Vec<MapOp>,
+    /// Script limits for `eval` ops (see docs/scripting.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<Map<String, Value>>,
 }
 
 /// One `map` operation. Paths are JSON Pointers (RFC 6901).
@@ -216,6 +220,9 @@ pub enum MapOp {
         #[schema(value_type = Object)]
         value: Value,
     },
+    /// Set `path` (creating parents) to the value of a JavaScript
+    /// expression over `record` (alias `r`), run in the script sandbox.
+    Eval { path: String, expression: String },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -547,6 +554,15 @@ impl MapOp {
             }
             MapOp::Add { path, .. } | MapOp::Set { path, .. } | MapOp::Default { path, .. } => {
                 check_target_pointer(path, &path_at, problems)
+            }
+            MapOp::Eval { path, expression } => {
+                check_target_pointer(path, &path_at, problems);
+                if expression.trim().is_empty() {
+                    problems.push(Problem::new(
+                        format!("{at}/expression"),
+                        "must not be empty",
+                    ));
+                }
             }
             MapOp::Remove { path, .. } => check_target_pointer(path, &path_at, problems),
             MapOp::Replace { path, .. }
