@@ -1,0 +1,845 @@
+//! The [`Redactor`]: walks records, applies field rules, runs the detectors
+//! on string values and rewrites what they find.
+//!
+//! A record is modified in place and a string is only reallocated when
+//! something was found in it, so the common case (a timestamp, a UUID, a
+//! product name) costs one automaton scan and no allocation. Field names
+//! are the context a string alone lacks: a field rule can claim a whole
+//! value (`password`, `billing.name`), while free-text detection still runs
+//! everywhere else. Percent-encoded strings (URLs) are scanned in their
+//! decoded form and the spans mapped back, so `bob%40example.com` is found
+//! and replaced in the original encoding.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac};
+use regex_automata::meta::Regex;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, normalize_field};
+use crate::names::PersonFinder;
+use crate::rules::{self, FieldRuleSpec, RulesError};
+use crate::scan::{Scanner, Span};
+use crate::types::PiiType;
+
+/// Key of the process-wide default engine. Its pseudonyms are only used in
+/// logs and failed-record captures, never for joins across tenants.
+const DEFAULT_KEY: &[u8] = b"sluice default redaction key v1";
+
+/// What a field rule requires of a value before it claims it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    NonEmpty,
+    HasAt,
+    PhoneLike,
+    CardLike,
+    SsnLike,
+    IbanLike,
+    PersonLike,
+    AddressLike,
+}
+
+impl Check {
+    fn parse(s: &str) -> Option<Check> {
+        Some(match s {
+            "nonempty" => Check::NonEmpty,
+            "has_at" => Check::HasAt,
+            "phone_like" => Check::PhoneLike,
+            "card_like" => Check::CardLike,
+            "ssn_like" => Check::SsnLike,
+            "iban_like" => Check::IbanLike,
+            "person_like" => Check::PersonLike,
+            "address_like" => Check::AddressLike,
+            _ => return None,
+        })
+    }
+
+    fn holds(self, v: &str) -> bool {
+        let digits = v.bytes().filter(u8::is_ascii_digit).count();
+        let only = |allowed: &[u8]| v.bytes().all(|b| b.is_ascii_digit() || allowed.contains(&b));
+        match self {
+            Check::NonEmpty => true,
+            Check::HasAt => v.contains('@') || v.contains("%40"),
+            Check::PhoneLike => digits >= 7 && only(b" +-.()/x%2B0"),
+            Check::CardLike => (12..=19).contains(&digits) && only(b" -"),
+            Check::SsnLike => digits == 9 && only(b" -"),
+            Check::IbanLike => {
+                let compact: Vec<u8> = v.bytes().filter(|b| *b != b' ').collect();
+                (15..=34).contains(&compact.len())
+                    && compact[..2].iter().all(u8::is_ascii_alphabetic)
+                    && compact.iter().all(u8::is_ascii_alphanumeric)
+            }
+            Check::PersonLike => {
+                v.chars().any(char::is_alphabetic)
+                    && digits == 0
+                    && !v.contains('@')
+                    && v.len() <= 120
+                    && v.split_whitespace().count() <= 6
+            }
+            Check::AddressLike => v.chars().any(char::is_alphabetic) && v.len() <= 300,
+        }
+    }
+}
+
+struct FieldRule {
+    kind: PiiType,
+    check: Check,
+    keep_prefix: Option<Regex>,
+    parents: HashSet<String>,
+}
+
+/// Field-name rules from the rules file, indexed for cheap lookups.
+struct FieldRules {
+    rules: Vec<FieldRule>,
+    exact: HashMap<String, Vec<usize>>,
+    suffixes: HashMap<String, usize>,
+    prefixes: HashMap<String, usize>,
+    except: HashSet<String>,
+}
+
+impl FieldRules {
+    fn new(specs: &[FieldRuleSpec]) -> Result<FieldRules, RulesError> {
+        let mut out = FieldRules {
+            rules: Vec::new(),
+            exact: HashMap::new(),
+            suffixes: HashMap::new(),
+            prefixes: HashMap::new(),
+            except: HashSet::new(),
+        };
+        for (index, spec) in specs.iter().enumerate() {
+            let err = |message: String| RulesError::FieldRule { index, message };
+            let kind = PiiType::parse(&spec.kind)
+                .ok_or_else(|| err(format!("unknown type {:?}", spec.kind)))?;
+            let check =
+                Check::parse(&spec.check).ok_or_else(|| err(format!("unknown check {:?}", spec.check)))?;
+            let keep_prefix = match &spec.keep_prefix {
+                None => None,
+                Some(p) => {
+                    let ci = rules::case_insensitive(&spec.keep_prefix_flags).map_err(err)?;
+                    let t = rules::translate(p, ci).map_err(err)?;
+                    Some(Regex::new(&t).map_err(|e| err(e.to_string()))?)
+                }
+            };
+            let id = out.rules.len();
+            out.rules.push(FieldRule {
+                kind,
+                check,
+                keep_prefix,
+                parents: spec.parents.iter().map(|p| p.to_lowercase()).collect(),
+            });
+            for n in &spec.names {
+                out.exact.entry(n.to_lowercase()).or_default().push(id);
+            }
+            for s in &spec.suffixes {
+                out.suffixes.entry(s.to_lowercase()).or_insert(id);
+            }
+            for p in &spec.prefixes {
+                out.prefixes.entry(p.to_lowercase()).or_insert(id);
+            }
+            out.except.extend(spec.except.iter().map(|e| e.to_lowercase()));
+        }
+        Ok(out)
+    }
+
+    /// The rule for a normalized field name inside an object held under
+    /// `parent` (normalized), if any.
+    fn lookup(&self, key: &str, parent: Option<&str>) -> Option<&FieldRule> {
+        if self.except.contains(key) {
+            return None;
+        }
+        if let Some(ids) = self.exact.get(key) {
+            for id in ids {
+                let rule = &self.rules[*id];
+                if rule.parents.is_empty() || parent.is_some_and(|p| rule.parents.contains(p)) {
+                    return Some(rule);
+                }
+            }
+            return None;
+        }
+        for (i, b) in key.bytes().enumerate() {
+            if b != b'_' {
+                continue;
+            }
+            if let Some(id) = self.suffixes.get(&key[i..]) {
+                return Some(&self.rules[*id]);
+            }
+            if let Some(id) = self.prefixes.get(&key[..=i]) {
+                return Some(&self.rules[*id]);
+            }
+        }
+        None
+    }
+}
+
+/// What happens to one string value.
+enum Outcome {
+    Keep,
+    Replace(String),
+    Remove,
+}
+
+/// The redaction engine. Immutable once built: `Send + Sync`, cheap to
+/// share in an `Arc`.
+pub struct Redactor {
+    scanner: Scanner,
+    persons: Option<PersonFinder>,
+    field_rules: FieldRules,
+    user_fields: HashMap<String, UserField>,
+    resolved: Resolved,
+    placeholders: HashSet<String>,
+    sibling_name_keys: Vec<String>,
+    key: Vec<u8>,
+    /// Set only when the built-in rules failed to load: every string is
+    /// replaced, so a broken build fails closed instead of leaking.
+    fail_closed: bool,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("enabled", &self.resolved.enabled)
+            .field("actions", &self.resolved.actions)
+            .field("fail_closed", &self.fail_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redactor {
+    /// Builds an engine for `config`; `hash_key` keys the `hash` action's
+    /// HMAC (use one key per tenant). Reports every config problem.
+    pub fn new(config: &RedactConfig, hash_key: &[u8]) -> Result<Redactor, Vec<ConfigProblem>> {
+        let resolved = config.resolve()?;
+        let rules_problem = |e: RulesError| {
+            vec![ConfigProblem {
+                pointer: String::new(),
+                message: format!("built-in rules: {e}"),
+            }]
+        };
+        let rules = rules::parse(crate::RULES_JSON).map_err(rules_problem)?;
+        let scanner = Scanner::new(&rules.detectors, &resolved.enabled).map_err(rules_problem)?;
+        let field_rules = FieldRules::new(&rules.field_rules).map_err(rules_problem)?;
+        let persons = resolved.enabled[PiiType::Person.index()].then(|| PersonFinder::new(&rules.person));
+        let user_fields = resolved.fields.iter().cloned().collect();
+        Ok(Redactor {
+            scanner,
+            persons,
+            field_rules,
+            user_fields,
+            resolved,
+            placeholders: rules.placeholders.iter().map(|p| p.to_lowercase()).collect(),
+            sibling_name_keys: rules.value_of_sibling_name_keys,
+            key: hash_key.to_vec(),
+            fail_closed: false,
+        })
+    }
+
+    fn fail_closed() -> Redactor {
+        Redactor {
+            scanner: Scanner::empty(),
+            persons: None,
+            field_rules: FieldRules {
+                rules: Vec::new(),
+                exact: HashMap::new(),
+                suffixes: HashMap::new(),
+                prefixes: HashMap::new(),
+                except: HashSet::new(),
+            },
+            user_fields: HashMap::new(),
+            resolved: Resolved {
+                enabled: [true; PiiType::COUNT],
+                actions: [Action::Mask; PiiType::COUNT],
+                fields: Vec::new(),
+                allow_values: Vec::new(),
+                allow_domains: Vec::new(),
+                skip: Vec::new(),
+                field_names: false,
+            },
+            placeholders: HashSet::new(),
+            sibling_name_keys: Vec::new(),
+            key: DEFAULT_KEY.to_vec(),
+            fail_closed: true,
+        }
+    }
+
+    /// Redacts every string value of `record` in place. Object keys give
+    /// context to their values; `remove` actions delete keys (or array
+    /// elements) whose whole value is sensitive.
+    pub fn redact_record(&self, record: &mut Value) {
+        let mut path = Vec::new();
+        let mut norm = String::new();
+        let mut parent_norm = String::new();
+        if self.resolved.skip.iter().any(Vec::is_empty) {
+            return;
+        }
+        self.walk(record, None, None, &mut path, &mut norm, &mut parent_norm);
+    }
+
+    /// Redacts free text (a log line, a message) with no field context.
+    pub fn redact_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.fail_closed {
+            return if text.is_empty() {
+                Cow::Borrowed(text)
+            } else {
+                Cow::Owned("[REDACTED]".into())
+            };
+        }
+        match self.redact_free(text, None) {
+            Some(s) => Cow::Owned(s),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// Returns true when the caller should remove this value.
+    fn walk(
+        &self,
+        v: &mut Value,
+        key: Option<&str>,
+        parent: Option<&str>,
+        path: &mut Vec<String>,
+        norm: &mut String,
+        parent_norm: &mut String,
+    ) -> bool {
+        let track = !self.resolved.skip.is_empty();
+        if track && self.resolved.skip.iter().any(|p| p == path) {
+            return false;
+        }
+        match v {
+            Value::String(s) => match self.redact_field(s, key, parent, norm, parent_norm) {
+                Outcome::Keep => false,
+                Outcome::Replace(n) => {
+                    *s = n;
+                    false
+                }
+                Outcome::Remove => true,
+            },
+            Value::Object(map) => {
+                let sibling = self.sibling_name(map);
+                let mut remove = Vec::new();
+                for (k, child) in map.iter_mut() {
+                    if track {
+                        path.push(k.clone());
+                    }
+                    let ctx = match (&sibling, k.as_str()) {
+                        (Some(name), "value") => name.as_str(),
+                        _ => k.as_str(),
+                    };
+                    if self.walk(child, Some(ctx), key, path, norm, parent_norm) {
+                        remove.push(k.clone());
+                    }
+                    if track {
+                        path.pop();
+                    }
+                }
+                for k in remove {
+                    map.remove(&k);
+                }
+                false
+            }
+            Value::Array(items) => {
+                let mut i = 0;
+                let mut index = 0;
+                while i < items.len() {
+                    if track {
+                        path.push(index.to_string());
+                    }
+                    let drop = self.walk(&mut items[i], key, parent, path, norm, parent_norm);
+                    if track {
+                        path.pop();
+                    }
+                    if drop {
+                        items.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                    index += 1;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// For `{"name": "password", "value": "..."}` shaped objects (form
+    /// fields, HAR headers), the name that gives `value` its meaning.
+    fn sibling_name(&self, map: &serde_json::Map<String, Value>) -> Option<String> {
+        if !matches!(map.get("value"), Some(Value::String(_))) {
+            return None;
+        }
+        self.sibling_name_keys.iter().find_map(|k| match map.get(k) {
+            Some(Value::String(s)) if k != "value" && s.len() <= 64 => Some(s.clone()),
+            _ => None,
+        })
+    }
+
+    fn redact_field(
+        &self,
+        s: &str,
+        key: Option<&str>,
+        parent: Option<&str>,
+        norm: &mut String,
+        parent_norm: &mut String,
+    ) -> Outcome {
+        if s.is_empty() {
+            return Outcome::Keep;
+        }
+        if self.fail_closed {
+            return Outcome::Replace("[REDACTED]".into());
+        }
+        if let Some(k) = key {
+            normalize_field(k, norm);
+            if let Some(rule) = self.user_fields.get(norm.as_str()) {
+                if self.is_placeholder(s) {
+                    return Outcome::Keep;
+                }
+                let action = rule.action.unwrap_or(self.resolved.actions[rule.kind.index()]);
+                return self.whole(s, rule.kind, action, 0);
+            }
+            if self.resolved.field_names {
+                let p = parent.map(|p| {
+                    normalize_field(p, parent_norm);
+                    parent_norm.as_str()
+                });
+                if let Some(rule) = self.field_rules.lookup(norm, p)
+                    && self.resolved.enabled[rule.kind.index()]
+                    && let Some(outcome) = self.apply_field_rule(s, rule)
+                {
+                    return outcome;
+                }
+            }
+        }
+        match self.redact_free(s, None) {
+            Some(n) => Outcome::Replace(n),
+            None => Outcome::Keep,
+        }
+    }
+
+    fn apply_field_rule(&self, s: &str, rule: &FieldRule) -> Option<Outcome> {
+        let trimmed = s.trim();
+        if self.is_placeholder(trimmed) {
+            return Some(Outcome::Keep);
+        }
+        if !rule.check.holds(trimmed) {
+            return None;
+        }
+        let action = self.resolved.actions[rule.kind.index()];
+        if action == Action::Remove {
+            return Some(self.whole(s, rule.kind, action, 0));
+        }
+        // Types with a precise detector prefer its spans, so surrounding
+        // text ("john@x.io (work)") survives; the whole value is the
+        // fallback.
+        let precise = matches!(
+            rule.kind,
+            PiiType::Email | PiiType::Phone | PiiType::CreditCard | PiiType::UsSsn | PiiType::Iban
+        );
+        if precise && let Some(n) = self.redact_free(s, None) {
+            return Some(Outcome::Replace(n));
+        }
+        let keep = rule
+            .keep_prefix
+            .as_ref()
+            .and_then(|re| re.find(s.as_bytes()))
+            .filter(|m| m.start() == 0)
+            .map_or(0, |m| m.end());
+        if keep > 0 && keep < s.len() {
+            let rest = &s[keep..];
+            if self.is_placeholder(rest) {
+                return Some(Outcome::Keep);
+            }
+            let rep = self.replacement(rule.kind, action, rest);
+            return Some(Outcome::Replace(format!("{}{rep}", &s[..keep])));
+        }
+        Some(self.whole(s, rule.kind, action, 0))
+    }
+
+    fn whole(&self, s: &str, kind: PiiType, action: Action, keep: usize) -> Outcome {
+        if action == Action::Remove && keep == 0 {
+            return Outcome::Remove;
+        }
+        if self.is_allowed(kind, s) {
+            return Outcome::Keep;
+        }
+        Outcome::Replace(self.replacement(kind, action, s))
+    }
+
+    fn is_placeholder(&self, s: &str) -> bool {
+        let t = s.trim();
+        if self.placeholders.contains(&t.to_lowercase()) {
+            return true;
+        }
+        is_token(t)
+    }
+
+    /// Detects spans in free text and rewrites them; `None` when nothing
+    /// changes.
+    fn redact_free(&self, s: &str, action_override: Option<Action>) -> Option<String> {
+        let spans = self.detect(s);
+        if spans.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        let mut changed = false;
+        for sp in &spans {
+            let (start, end) = widen_to_chars(s, sp.start, sp.end);
+            if start < last {
+                continue;
+            }
+            let value = &s[start..end];
+            if self.is_allowed(sp.kind, value) {
+                continue;
+            }
+            let action = action_override.unwrap_or(self.resolved.actions[sp.kind.index()]);
+            out.push_str(&s[last..start]);
+            out.push_str(&self.replacement(sp.kind, action, value));
+            last = end;
+            changed = true;
+        }
+        if !changed {
+            return None;
+        }
+        out.push_str(&s[last..]);
+        Some(out)
+    }
+
+    /// All spans of `s`, sorted and non-overlapping, in `s`'s offsets.
+    fn detect(&self, s: &str) -> Vec<Span> {
+        let bytes = s.as_bytes();
+        let mut spans = Vec::new();
+        if let Some(view) = PercentView::new(bytes) {
+            self.scanner.scan(&view.decoded, &mut spans);
+            if let Some(persons) = &self.persons
+                && let Ok(text) = std::str::from_utf8(&view.decoded)
+            {
+                let mut found = Vec::new();
+                persons.find(text, &spans, &mut found);
+                merge(&mut spans, found);
+            }
+            for sp in &mut spans {
+                let (a, b) = view.map(sp.start, sp.end);
+                sp.start = a;
+                sp.end = b;
+            }
+        } else {
+            self.scanner.scan(bytes, &mut spans);
+            if let Some(persons) = &self.persons {
+                let mut found = Vec::new();
+                persons.find(s, &spans, &mut found);
+                merge(&mut spans, found);
+            }
+        }
+        spans
+    }
+
+    fn is_allowed(&self, kind: PiiType, value: &str) -> bool {
+        if self.resolved.allow_values.is_empty() && self.resolved.allow_domains.is_empty() {
+            return false;
+        }
+        let lower = value.trim().to_lowercase();
+        if self.resolved.allow_values.contains(&lower) {
+            return true;
+        }
+        let host = match kind {
+            PiiType::Email => lower.rsplit(['@']).next().unwrap_or(""),
+            _ => lower.as_str(),
+        };
+        let host = host.strip_prefix("%40").unwrap_or(host);
+        let host = match lower.rfind("%40") {
+            Some(i) if kind == PiiType::Email => &lower[i + 3..],
+            _ => host,
+        };
+        self.resolved
+            .allow_domains
+            .iter()
+            .any(|d| host == d || host.strip_suffix(d.as_str()).is_some_and(|p| p.ends_with('.')))
+    }
+
+    fn replacement(&self, kind: PiiType, action: Action, value: &str) -> String {
+        match action {
+            Action::Mask => format!("[{}]", kind.as_str()),
+            Action::Remove => String::new(),
+            Action::Partial => partial(value),
+            Action::Hash => format!("[{}:{}]", kind.as_str(), self.pseudonym(kind, value)),
+        }
+    }
+
+    /// First 8 bytes (16 hex digits) of HMAC-SHA256(key, TYPE ":" value),
+    /// with the value normalized so that the same email or card written
+    /// differently gets the same pseudonym.
+    fn pseudonym(&self, kind: PiiType, value: &str) -> String {
+        let normalized: Cow<'_, str> = match kind {
+            PiiType::Email => Cow::Owned(value.to_lowercase().replace("%40", "@")),
+            PiiType::Phone | PiiType::CreditCard | PiiType::UsSsn => {
+                Cow::Owned(value.chars().filter(char::is_ascii_digit).collect())
+            }
+            PiiType::Iban => Cow::Owned(value.chars().filter(|c| !c.is_whitespace()).collect()),
+            _ => Cow::Borrowed(value),
+        };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            // HMAC accepts keys of any length; unreachable in practice.
+            return "0000000000000000".into();
+        };
+        mac.update(kind.as_str().as_bytes());
+        mac.update(b":");
+        mac.update(normalized.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        hex::encode(&tag[..8])
+    }
+}
+
+/// Keeps the last four letters or digits and stars the others; separators
+/// stay, so the value keeps its shape.
+fn partial(value: &str) -> String {
+    let alnum = value.chars().filter(|c| c.is_alphanumeric()).count();
+    let keep_from = alnum.saturating_sub(4);
+    let mut seen = 0;
+    value
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                seen += 1;
+                if seen > keep_from { c } else { '*' }
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Whether `s` is a token this engine writes (`[EMAIL]`,
+/// `[EMAIL:0123456789abcdef]`), so redacting twice changes nothing.
+fn is_token(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
+        return false;
+    };
+    let (name, hash) = match inner.split_once(':') {
+        Some((n, h)) => (n, Some(h)),
+        None => (inner, None),
+    };
+    (PiiType::parse(name).is_some() || name == "REDACTED")
+        && hash.is_none_or(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn widen_to_chars(s: &str, mut start: usize, mut end: usize) -> (usize, usize) {
+    start = start.min(s.len());
+    end = end.min(s.len());
+    while !s.is_char_boundary(start) {
+        start -= 1;
+    }
+    while !s.is_char_boundary(end) {
+        end += 1;
+    }
+    (start, end)
+}
+
+/// Adds `extra` spans (which do not overlap `spans`) keeping order.
+fn merge(spans: &mut Vec<Span>, extra: Vec<Span>) {
+    if extra.is_empty() {
+        return;
+    }
+    spans.extend(extra);
+    spans.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+}
+
+/// The percent-decoded form of a string and the way back to its offsets.
+struct PercentView {
+    decoded: Vec<u8>,
+    /// For each decoded byte: its start and end in the original.
+    origin: Vec<(usize, usize)>,
+}
+
+impl PercentView {
+    fn new(s: &[u8]) -> Option<PercentView> {
+        let first = memchr::memchr(b'%', s)?;
+        let hex = |b: u8| (b as char).to_digit(16);
+        let is_escape = |at: usize| {
+            s.get(at + 1).and_then(|b| hex(*b)).is_some() && s.get(at + 2).and_then(|b| hex(*b)).is_some()
+        };
+        let has_escape = memchr::memchr_iter(b'%', &s[first..]).any(|off| is_escape(first + off));
+        if !has_escape {
+            return None;
+        }
+        let mut decoded = Vec::with_capacity(s.len());
+        let mut origin = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            if s[i] == b'%'
+                && let (Some(h), Some(l)) = (
+                    s.get(i + 1).and_then(|b| hex(*b)),
+                    s.get(i + 2).and_then(|b| hex(*b)),
+                )
+            {
+                decoded.push((h * 16 + l) as u8);
+                origin.push((i, i + 3));
+                i += 3;
+                continue;
+            }
+            decoded.push(s[i]);
+            origin.push((i, i + 1));
+            i += 1;
+        }
+        Some(PercentView { decoded, origin })
+    }
+
+    fn map(&self, start: usize, end: usize) -> (usize, usize) {
+        let a = self.origin.get(start).map_or(0, |o| o.0);
+        let b = end
+            .checked_sub(1)
+            .and_then(|e| self.origin.get(e))
+            .map_or(a, |o| o.1);
+        (a, b)
+    }
+}
+
+/// The process-wide default engine (default config, fixed key), used for
+/// logs and failed-record captures.
+pub fn default_redactor() -> &'static Redactor {
+    static DEFAULT: OnceLock<Redactor> = OnceLock::new();
+    DEFAULT.get_or_init(|| {
+        Redactor::new(&RedactConfig::default(), DEFAULT_KEY).unwrap_or_else(|_| Redactor::fail_closed())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn redactor(cfg: serde_json::Value) -> Redactor {
+        let cfg: RedactConfig = serde_json::from_value(cfg).unwrap();
+        Redactor::new(&cfg, b"tenant-key").unwrap()
+    }
+
+    #[test]
+    fn send_sync_and_default_loads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Redactor>();
+        assert!(!default_redactor().fail_closed);
+    }
+
+    #[test]
+    fn masks_fields_and_free_text() {
+        let r = redactor(json!({}));
+        let mut rec = json!({
+            "user": {"email": "bob@example.com", "id": "1069790534", "name": "Diana Carter"},
+            "password": "hunter2",
+            "headers": {"authorization": "Bearer abcdefghijklmnopqrstuvwxyz"},
+            "msg": "card 4539 1488 0343 6467 from 191.112.33.56",
+            "items": [{"name": "Standing Desk"}],
+            "form": [{"name": "passwd", "value": "s3cr3t!"}],
+            "n": 5
+        });
+        r.redact_record(&mut rec);
+        assert_eq!(
+            rec,
+            json!({
+                "user": {"email": "[EMAIL]", "id": "1069790534", "name": "[PERSON]"},
+                "password": "[SECRET]",
+                "headers": {"authorization": "Bearer [SECRET]"},
+                "msg": "card [CREDIT_CARD] from [IPV4]",
+                "items": [{"name": "Standing Desk"}],
+                "form": [{"name": "passwd", "value": "[SECRET]"}],
+                "n": 5
+            })
+        );
+    }
+
+    #[test]
+    fn percent_encoded_values_are_found_and_replaced_in_place() {
+        let r = redactor(json!({}));
+        let out = r.redact_text("https://x.io/?email=hector%2Bnews%40piedpiper.dev&p=%2B1%20208%20236%203135&s=1");
+        assert_eq!(out, "https://x.io/?email=[EMAIL]&p=[PHONE]&s=1");
+    }
+
+    #[test]
+    fn actions() {
+        let r = redactor(json!({
+            "actions": {"CREDIT_CARD": "partial", "EMAIL": "hash", "PHONE": "remove"},
+            "fields": {"customer_ref": {"type": "PERSON", "action": "remove"}}
+        }));
+        let mut rec = json!({
+            "cc": "4539-1488-0343-6467",
+            "email": "Bob@Example.com",
+            "note": "mail bob@example.com or call +1 415 555 2671 now",
+            "customerRef": "Diana Carter",
+            "phone": "+1 415 555 2671"
+        });
+        r.redact_record(&mut rec);
+        let tag = r.pseudonym(PiiType::Email, "bob@example.com");
+        assert_eq!(tag.len(), 16);
+        assert_eq!(
+            rec,
+            json!({
+                "cc": "****-****-****-6467",
+                "email": format!("[EMAIL:{tag}]"),
+                "note": format!("mail [EMAIL:{tag}] or call  now"),
+            })
+        );
+        // A different key gives a different pseudonym.
+        let other = Redactor::new(&RedactConfig::default(), b"other").unwrap();
+        assert_ne!(other.pseudonym(PiiType::Email, "bob@example.com"), tag);
+    }
+
+    #[test]
+    fn allow_list_skip_and_disable() {
+        let r = redactor(json!({
+            "allow": ["@acme.com", "support@example.org"],
+            "skip": ["/keep", "/list/1"],
+            "disable": ["IPV4"]
+        }));
+        let mut rec = json!({
+            "a": "ops@acme.com, SUPPORT@example.org, eve@evil.io",
+            "keep": {"email": "x@y.io"},
+            "list": ["a@b.io", "c@d.io"],
+            "ip": "191.112.33.56"
+        });
+        r.redact_record(&mut rec);
+        assert_eq!(
+            rec,
+            json!({
+                "a": "ops@acme.com, SUPPORT@example.org, [EMAIL]",
+                "keep": {"email": "x@y.io"},
+                "list": ["[EMAIL]", "c@d.io"],
+                "ip": "191.112.33.56"
+            })
+        );
+    }
+
+    #[test]
+    fn redacting_twice_changes_nothing_more() {
+        let r = redactor(json!({"default_action": "hash"}));
+        let mut rec = json!({"password": "hunter2", "t": "mail a@b.io"});
+        r.redact_record(&mut rec);
+        let once = rec.clone();
+        r.redact_record(&mut rec);
+        assert_eq!(rec, once);
+    }
+
+    #[test]
+    fn placeholders_are_left_alone() {
+        let r = redactor(json!({}));
+        let mut rec = json!({"ssn_on_file": "redacted", "password": "", "token": "***"});
+        let before = rec.clone();
+        r.redact_record(&mut rec);
+        assert_eq!(rec, before);
+    }
+
+    #[test]
+    fn fail_closed_masks_everything() {
+        let r = Redactor::fail_closed();
+        let mut rec = json!({"a": "hello", "b": [1, "x"]});
+        r.redact_record(&mut rec);
+        assert_eq!(rec, json!({"a": "[REDACTED]", "b": [1, "[REDACTED]"]}));
+        assert_eq!(r.redact_text("hi"), "[REDACTED]");
+    }
+
+    #[test]
+    fn partial_keeps_last_four() {
+        assert_eq!(partial("4111 1111 1111 1111"), "**** **** **** 1111");
+        assert_eq!(partial("abc"), "abc");
+    }
+}

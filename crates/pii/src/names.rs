@@ -1,0 +1,404 @@
+//! Person names in free text, from capitalisation, cue words and name lists.
+//!
+//! A pattern cannot tell "Diana Carter" from "Standing Desk", and a
+//! statistical model would be too slow for every string of every record, so
+//! this is a small rule system: find runs of two to four capitalised words,
+//! then accept a run when a strong cue precedes it ("customer", "spoke
+//! with", "Thanks,"), or when a weak cue ("for", "by") precedes it and the
+//! name lists know one of its words, or when the first word is a known given
+//! name and the last a known surname. The lists are the US Census 1990
+//! frequency files (public domain, see `data/README.md`), folded to ASCII so
+//! "Ibán" finds "Iban"; cue and stop words come from the rules file.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use crate::rules::PersonSpec;
+use crate::scan::Span;
+use crate::types::PiiType;
+
+const FIRST_NAMES: &str = include_str!("../data/first_names.txt");
+const LAST_NAMES: &str = include_str!("../data/last_names.txt");
+
+/// The census name lists, lower-cased ASCII, loaded once per process.
+pub(crate) struct NameLists {
+    first: HashSet<&'static str>,
+    last: HashSet<&'static str>,
+}
+
+impl NameLists {
+    pub(crate) fn get() -> &'static NameLists {
+        static LISTS: OnceLock<NameLists> = OnceLock::new();
+        LISTS.get_or_init(|| {
+            // The files are stored capitalised; lower-case once into leaked
+            // strings so lookups borrow nothing per call.
+            let lower = |text: &'static str| -> HashSet<&'static str> {
+                let joined: &'static str = Box::leak(text.to_ascii_lowercase().into_boxed_str());
+                joined
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            };
+            NameLists {
+                first: lower(FIRST_NAMES),
+                last: lower(LAST_NAMES),
+            }
+        })
+    }
+
+    pub(crate) fn is_first(&self, folded: &str) -> bool {
+        self.first.contains(folded)
+    }
+
+    pub(crate) fn is_last(&self, folded: &str) -> bool {
+        self.last.contains(folded)
+    }
+}
+
+/// Compiled person heuristics.
+pub(crate) struct PersonFinder {
+    strong_cues: Vec<String>,
+    weak_cues: HashSet<String>,
+    particles: HashSet<String>,
+    stopwords: HashSet<String>,
+    max_tokens: usize,
+    lists: &'static NameLists,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    start: usize,
+    end: usize,
+    /// Capitalised word that could be part of a name.
+    cap: bool,
+}
+
+/// Lower-cases and folds Latin-1/Latin Extended-A letters to ASCII.
+pub(crate) fn fold(word: &str, out: &mut String) {
+    out.clear();
+    for c in word.chars() {
+        let c = c.to_lowercase().next().unwrap_or(c);
+        let mapped = match c {
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ą' => 'a',
+            'ç' | 'ć' | 'č' => 'c',
+            'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ę' | 'ě' => 'e',
+            'ì' | 'í' | 'î' | 'ï' | 'ī' => 'i',
+            'ñ' | 'ń' | 'ň' => 'n',
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ő' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' | 'ū' | 'ů' | 'ű' => 'u',
+            'ý' | 'ÿ' => 'y',
+            'ś' | 'š' | 'ş' => 's',
+            'ź' | 'ż' | 'ž' => 'z',
+            'ł' => 'l',
+            'ř' => 'r',
+            'ď' => 'd',
+            'ť' => 't',
+            'ß' => {
+                out.push_str("ss");
+                continue;
+            }
+            '\'' | '’' | '-' => continue,
+            other => other,
+        };
+        out.push(mapped);
+    }
+}
+
+/// Whether `word` is shaped like a name: an upper-case letter, then letters
+/// with at least one lower-case, inner capitals only after Mc/Mac/O'/D' or a
+/// hyphen.
+fn name_shaped(word: &str) -> bool {
+    let mut chars = word.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    if !first.is_uppercase() {
+        return false;
+    }
+    let mut prev = first;
+    let mut len = 1;
+    let mut has_lower = false;
+    let mut allowed_cap_at = usize::MAX;
+    if word.starts_with("Mc") {
+        allowed_cap_at = 2;
+    } else if word.starts_with("Mac") {
+        allowed_cap_at = 3;
+    }
+    for c in chars {
+        if c.is_lowercase() {
+            has_lower = true;
+        } else if c.is_uppercase() {
+            let ok = len == allowed_cap_at || prev == '\'' || prev == '’' || prev == '-';
+            if !ok {
+                return false;
+            }
+        } else if !(c == '\'' || c == '’' || c == '-') {
+            return false;
+        }
+        prev = c;
+        len += 1;
+    }
+    has_lower && len >= 2 && prev.is_alphabetic()
+}
+
+impl PersonFinder {
+    pub(crate) fn new(spec: &PersonSpec) -> PersonFinder {
+        let lower = |v: &[String]| -> HashSet<String> { v.iter().map(|s| s.to_lowercase()).collect() };
+        let mut strong: Vec<String> = spec.strong_cues.iter().map(|s| s.to_lowercase()).collect();
+        // Longest first so "account holder" wins over "holder".
+        strong.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        PersonFinder {
+            strong_cues: strong,
+            weak_cues: lower(&spec.weak_cues),
+            particles: lower(&spec.particles),
+            stopwords: lower(&spec.stopwords),
+            max_tokens: spec.max_tokens.max(2),
+            lists: NameLists::get(),
+        }
+    }
+
+    /// Appends PERSON spans of `text` that do not overlap `taken` (sorted,
+    /// non-overlapping spans found earlier).
+    pub(crate) fn find(&self, text: &str, taken: &[Span], out: &mut Vec<Span>) {
+        let bytes = text.as_bytes();
+        // A name needs two words: a space, and an upper-case letter after it.
+        if memchr::memchr(b' ', bytes).is_none() {
+            return;
+        }
+        let tokens = tokenize(text);
+        if tokens.len() < 2 {
+            return;
+        }
+        let mut folded = String::new();
+        let mut i = 0;
+        while i < tokens.len() {
+            if !tokens[i].cap {
+                i += 1;
+                continue;
+            }
+            // Grow a run of capitalised words joined by single spaces,
+            // allowing lower-case particles (van, de, ...) inside.
+            let mut run = vec![i];
+            let mut j = i;
+            while j + 1 < tokens.len() {
+                let gap = &text[tokens[j].end..tokens[j + 1].start];
+                if gap != " " {
+                    break;
+                }
+                let next = tokens[j + 1];
+                if next.cap {
+                    run.push(j + 1);
+                    j += 1;
+                } else if self.particles.contains(&text[next.start..next.end].to_lowercase())
+                    && j + 2 < tokens.len()
+                    && tokens[j + 2].cap
+                    && &text[next.end..tokens[j + 2].start] == " "
+                {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            let run_end = j + 1;
+            self.judge(text, &tokens, &run, taken, &mut folded, out);
+            i = run_end;
+        }
+    }
+
+    fn judge(
+        &self,
+        text: &str,
+        tokens: &[Token],
+        run: &[usize],
+        taken: &[Span],
+        folded: &mut String,
+        out: &mut Vec<Span>,
+    ) {
+        // Strip leading and trailing stop words; a stripped leading word may
+        // itself be the cue ("Customer Alessio Segni").
+        let word = |k: usize| &text[tokens[k].start..tokens[k].end];
+        let mut a = 0;
+        let mut b = run.len();
+        while a < b && self.stopwords.contains(&word(run[a]).to_lowercase()) {
+            a += 1;
+        }
+        while b > a && self.stopwords.contains(&word(run[b - 1]).to_lowercase()) {
+            b -= 1;
+        }
+        let names = &run[a..b];
+        if names.len() < 2 || names.len() > self.max_tokens {
+            return;
+        }
+        let start = tokens[names[0]].start;
+        let end = tokens[names[names.len() - 1]].end;
+        if taken.iter().any(|s| s.start < end && start < s.end) {
+            return;
+        }
+        let before = &text[..start];
+        let cue = self.cue_before(before);
+        let first_known = {
+            fold(word(names[0]), folded);
+            self.lists.is_first(folded)
+        };
+        let last_known = {
+            fold(word(names[names.len() - 1]), folded);
+            self.lists.is_last(folded)
+        };
+        let accept = match cue {
+            Cue::Strong => true,
+            Cue::Weak => first_known || last_known,
+            Cue::None => first_known && last_known,
+        };
+        if accept {
+            out.push(Span {
+                start,
+                end,
+                kind: PiiType::Person,
+            });
+        }
+    }
+
+    fn cue_before(&self, before: &str) -> Cue {
+        let tail_start = before.len().saturating_sub(40);
+        let mut tail_start = tail_start;
+        while !before.is_char_boundary(tail_start) {
+            tail_start += 1;
+        }
+        let tail = before[tail_start..].trim_end().to_lowercase();
+        if tail.is_empty() {
+            return Cue::None;
+        }
+        for cue in &self.strong_cues {
+            if let Some(prefix) = tail.strip_suffix(cue.as_str()) {
+                let boundary = prefix
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !c.is_alphanumeric());
+                if boundary {
+                    return Cue::Strong;
+                }
+            }
+        }
+        let last_word = tail
+            .rsplit(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("");
+        let ends_with_word = tail.ends_with(last_word) && !last_word.is_empty();
+        if ends_with_word && self.weak_cues.contains(last_word) {
+            return Cue::Weak;
+        }
+        Cue::None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cue {
+    None,
+    Weak,
+    Strong,
+}
+
+/// Splits text into words (letters with inner apostrophes and hyphens).
+fn tokenize(text: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut iter = text.char_indices().peekable();
+    while let Some((i, c)) = iter.next() {
+        let joiner = (c == '\'' || c == '’' || c == '-')
+            && start.is_some()
+            && iter.peek().is_some_and(|(_, n)| n.is_alphabetic());
+        if c.is_alphabetic() || joiner {
+            if start.is_none() {
+                start = Some(i);
+            }
+        } else if let Some(s) = start.take() {
+            out.push(make_token(text, s, i));
+        }
+    }
+    if let Some(s) = start {
+        out.push(make_token(text, s, text.len()));
+    }
+    out
+}
+
+fn make_token(text: &str, start: usize, end: usize) -> Token {
+    let word = &text[start..end];
+    // A word glued to digits or '@', '.', '/', '_' on either side is part of
+    // an identifier, a path or an address, not a name.
+    let glued_before = text[..start]
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_ascii_digit() || matches!(c, '@' | '/' | '_' | '.' | '\\'));
+    let glued_after = text[end..]
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || matches!(c, '@' | '/' | '_' | '\\'));
+    Token {
+        start,
+        end,
+        cap: !glued_before && !glued_after && name_shaped(word),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn finder() -> PersonFinder {
+        let rules = crate::rules::parse(crate::RULES_JSON).unwrap();
+        PersonFinder::new(&rules.person)
+    }
+
+    fn people(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        finder().find(text, &[], &mut out);
+        out.iter().map(|s| text[s.start..s.end].to_string()).collect()
+    }
+
+    #[test]
+    fn census_lists_load() {
+        let l = NameLists::get();
+        assert!(l.is_first("mary") && l.is_first("james"));
+        assert!(l.is_last("smith") && l.is_last("johnson"));
+        assert!(!l.is_first("headphones"));
+    }
+
+    #[test]
+    fn shapes() {
+        for ok in ["Smith", "McDonald", "O'Connor", "Jean-Luc", "Ibán", "Åsa"] {
+            assert!(name_shaped(ok), "{ok}");
+        }
+        for bad in ["smith", "HTTPError", "ValueError", "SMITH", "A", "Abc1"] {
+            assert!(!name_shaped(bad), "{bad}");
+        }
+        let mut s = String::new();
+        fold("Ibán-Müller", &mut s);
+        assert_eq!(s, "ibanmuller");
+    }
+
+    #[test]
+    fn finds_names_by_cue_or_lists() {
+        assert_eq!(people("Customer Alessio Segni (a@b.io) reports"), ["Alessio Segni"]);
+        assert_eq!(people("Agent note: spoke with Diana Carter, verified"), ["Diana Carter"]);
+        assert_eq!(people("Hi, this is Kieran O'Connor. I was charged"), ["Kieran O'Connor"]);
+        assert_eq!(people("Jerry Miller order status"), ["Jerry Miller"]);
+        assert_eq!(people("records for Christopher Williams"), ["Christopher Williams"]);
+        assert_eq!(people("Thanks, Rotraut Ehlert"), ["Rotraut Ehlert"]);
+    }
+
+    #[test]
+    fn leaves_capitalised_non_names_alone() {
+        for text in [
+            "the Noise Cancelling Headphones arrived damaged",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_6_3) AppleWebKit/533.0",
+            "Your Account",
+            "Standing Desk",
+            "HTTPError: Bad Gateway",
+            "New York",
+        ] {
+            assert_eq!(people(text), Vec::<String>::new(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The closed set of things the engine can find.
+//!
+//! Types are an enum rather than free strings so that per-type settings are
+//! plain arrays indexed by the type, and so that a typo in a config is a
+//! reported problem instead of a silently ignored key. The names are the
+//! upper-case strings used in configs, in `rules.json` and in mask tokens
+//! (`[EMAIL]`).
+
+use std::fmt;
+
+/// A kind of personal data or secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PiiType {
+    /// Email address.
+    Email,
+    /// Phone number, national or international.
+    Phone,
+    /// Payment card number (Luhn-valid).
+    CreditCard,
+    /// US social security number.
+    UsSsn,
+    /// International bank account number (mod-97 valid).
+    Iban,
+    /// IPv4 address.
+    Ipv4,
+    /// IPv6 address.
+    Ipv6,
+    /// JSON Web Token.
+    Jwt,
+    /// Bearer token in an Authorization header or log line.
+    BearerToken,
+    /// AWS access key id.
+    AwsAccessKey,
+    /// PEM private key block.
+    PrivateKey,
+    /// Password, API key or other secret.
+    Secret,
+    /// Person's name.
+    Person,
+    /// Street address line.
+    StreetAddress,
+}
+
+impl PiiType {
+    /// Every type, in a fixed order (the index of a type in this array is
+    /// [`PiiType::index`]).
+    pub const ALL: [PiiType; 14] = [
+        PiiType::Email,
+        PiiType::Phone,
+        PiiType::CreditCard,
+        PiiType::UsSsn,
+        PiiType::Iban,
+        PiiType::Ipv4,
+        PiiType::Ipv6,
+        PiiType::Jwt,
+        PiiType::BearerToken,
+        PiiType::AwsAccessKey,
+        PiiType::PrivateKey,
+        PiiType::Secret,
+        PiiType::Person,
+        PiiType::StreetAddress,
+    ];
+
+    /// Number of types.
+    pub const COUNT: usize = 14;
+
+    /// The upper-case name used in configs and mask tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PiiType::Email => "EMAIL",
+            PiiType::Phone => "PHONE",
+            PiiType::CreditCard => "CREDIT_CARD",
+            PiiType::UsSsn => "US_SSN",
+            PiiType::Iban => "IBAN",
+            PiiType::Ipv4 => "IPV4",
+            PiiType::Ipv6 => "IPV6",
+            PiiType::Jwt => "JWT",
+            PiiType::BearerToken => "BEARER_TOKEN",
+            PiiType::AwsAccessKey => "AWS_ACCESS_KEY",
+            PiiType::PrivateKey => "PRIVATE_KEY",
+            PiiType::Secret => "SECRET",
+            PiiType::Person => "PERSON",
+            PiiType::StreetAddress => "STREET_ADDRESS",
+        }
+    }
+
+    /// Parses an upper-case type name (case-insensitive).
+    pub fn parse(name: &str) -> Option<PiiType> {
+        PiiType::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Position of this type in [`PiiType::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether this type is structured (found by pattern and validator) as
+    /// opposed to names and addresses found by heuristics.
+    pub fn is_structured(self) -> bool {
+        !matches!(self, PiiType::Person | PiiType::StreetAddress)
+    }
+}
+
+impl fmt::Display for PiiType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_index_matches_all() {
+        for (i, t) in PiiType::ALL.into_iter().enumerate() {
+            assert_eq!(t.index(), i);
+            assert_eq!(PiiType::parse(t.as_str()), Some(t));
+            assert_eq!(PiiType::parse(&t.as_str().to_lowercase()), Some(t));
+        }
+        assert_eq!(PiiType::parse("NOPE"), None);
+        assert!(!PiiType::Person.is_structured());
+        assert!(PiiType::Email.is_structured());
+    }
+}
