@@ -191,6 +191,10 @@ pub struct Redactor {
     resolved: Resolved,
     placeholders: HashSet<String>,
     sibling_name_keys: Vec<String>,
+    /// Field names (exact, and suffixes starting with '_') whose values
+    /// ignore some types, as a bit mask over [`PiiType::index`].
+    exempt_exact: HashMap<String, u32>,
+    exempt_suffixes: HashMap<String, u32>,
     key: Vec<u8>,
     /// Set only when the built-in rules failed to load: every string is
     /// replaced, so a broken build fails closed instead of leaking.
@@ -223,6 +227,26 @@ impl Redactor {
         let field_rules = FieldRules::new(&rules.field_rules).map_err(rules_problem)?;
         let persons = resolved.enabled[PiiType::Person.index()].then(|| PersonFinder::new(&rules.person));
         let user_fields = resolved.fields.iter().cloned().collect();
+        let mut exempt_exact: HashMap<String, u32> = HashMap::new();
+        let mut exempt_suffixes: HashMap<String, u32> = HashMap::new();
+        for (index, spec) in rules.field_exempt.iter().enumerate() {
+            let mut mask = 0u32;
+            for t in &spec.types {
+                let kind = PiiType::parse(t).ok_or_else(|| {
+                    rules_problem(RulesError::FieldRule {
+                        index,
+                        message: format!("field_exempt: unknown type {t:?}"),
+                    })
+                })?;
+                mask |= 1 << kind.index();
+            }
+            for n in &spec.names {
+                *exempt_exact.entry(n.to_lowercase()).or_default() |= mask;
+            }
+            for n in &spec.suffixes {
+                *exempt_suffixes.entry(n.to_lowercase()).or_default() |= mask;
+            }
+        }
         Ok(Redactor {
             scanner,
             persons,
@@ -231,6 +255,8 @@ impl Redactor {
             resolved,
             placeholders: rules.placeholders.iter().map(|p| p.to_lowercase()).collect(),
             sibling_name_keys: rules.value_of_sibling_name_keys,
+            exempt_exact,
+            exempt_suffixes,
             key: hash_key.to_vec(),
             fail_closed: false,
         })
@@ -259,6 +285,8 @@ impl Redactor {
             },
             placeholders: HashSet::new(),
             sibling_name_keys: Vec::new(),
+            exempt_exact: HashMap::new(),
+            exempt_suffixes: HashMap::new(),
             key: DEFAULT_KEY.to_vec(),
             fail_closed: true,
         }
@@ -286,7 +314,7 @@ impl Redactor {
                 Cow::Owned("[REDACTED]".into())
             };
         }
-        match self.redact_free(text, None) {
+        match self.redact_free(text, 0) {
             Some(s) => Cow::Owned(s),
             None => Cow::Borrowed(text),
         }
@@ -388,8 +416,10 @@ impl Redactor {
         if self.fail_closed {
             return Outcome::Replace("[REDACTED]".into());
         }
+        let mut exempt = 0;
         if let Some(k) = key {
             normalize_field(k, norm);
+            exempt = self.exempt_mask(norm);
             if let Some(rule) = self.user_fields.get(norm.as_str()) {
                 if self.is_placeholder(s) {
                     return Outcome::Keep;
@@ -410,7 +440,7 @@ impl Redactor {
                 }
             }
         }
-        match self.redact_free(s, None) {
+        match self.redact_free(s, exempt) {
             Some(n) => Outcome::Replace(n),
             None => Outcome::Keep,
         }
@@ -435,7 +465,7 @@ impl Redactor {
             rule.kind,
             PiiType::Email | PiiType::Phone | PiiType::CreditCard | PiiType::UsSsn | PiiType::Iban
         );
-        if precise && let Some(n) = self.redact_free(s, None) {
+        if precise && let Some(n) = self.redact_free(s, 0) {
             return Some(Outcome::Replace(n));
         }
         let keep = rule
@@ -465,6 +495,21 @@ impl Redactor {
         Outcome::Replace(self.replacement(kind, action, s))
     }
 
+    fn exempt_mask(&self, key: &str) -> u32 {
+        if self.exempt_exact.is_empty() && self.exempt_suffixes.is_empty() {
+            return 0;
+        }
+        let mut mask = self.exempt_exact.get(key).copied().unwrap_or(0);
+        for (i, b) in key.bytes().enumerate() {
+            if b == b'_'
+                && let Some(m) = self.exempt_suffixes.get(&key[i..])
+            {
+                mask |= m;
+            }
+        }
+        mask
+    }
+
     fn is_placeholder(&self, s: &str) -> bool {
         let t = s.trim();
         if self.placeholders.contains(&t.to_lowercase()) {
@@ -475,7 +520,7 @@ impl Redactor {
 
     /// Detects spans in free text and rewrites them; `None` when nothing
     /// changes.
-    fn redact_free(&self, s: &str, action_override: Option<Action>) -> Option<String> {
+    fn redact_free(&self, s: &str, exempt: u32) -> Option<String> {
         let spans = self.detect(s);
         if spans.is_empty() {
             return None;
@@ -485,14 +530,14 @@ impl Redactor {
         let mut changed = false;
         for sp in &spans {
             let (start, end) = widen_to_chars(s, sp.start, sp.end);
-            if start < last {
+            if start < last || exempt & (1 << sp.kind.index()) != 0 {
                 continue;
             }
             let value = &s[start..end];
             if self.is_allowed(sp.kind, value) {
                 continue;
             }
-            let action = action_override.unwrap_or(self.resolved.actions[sp.kind.index()]);
+            let action = self.resolved.actions[sp.kind.index()];
             out.push_str(&s[last..start]);
             out.push_str(&self.replacement(sp.kind, action, value));
             last = end;

@@ -236,7 +236,18 @@ impl PersonFinder {
             return;
         }
         let before = &text[..start];
-        let cue = self.cue_before(before);
+        let mut cue = self.cue_before(before);
+        // "Jane Roe, jane@x.io", "Jane Roe (jane@x.io)", "Jane Roe <...>":
+        // a contact detail right after the words vouches for them.
+        let rest = &text[end..];
+        let skipped = rest.len() - rest.trim_start_matches([' ', ',', '(', '<', ':']).len();
+        if skipped <= 3
+            && taken
+                .iter()
+                .any(|s| s.start == end + skipped && matches!(s.kind, PiiType::Email | PiiType::Phone))
+        {
+            cue = Cue::Strong;
+        }
         let first_known = {
             fold(word(names[0]), folded);
             self.lists.is_first(folded)

@@ -28,6 +28,23 @@ pub(crate) struct RulesFile {
     pub value_of_sibling_name_keys: Vec<String>,
     pub placeholders: Vec<String>,
     pub person: PersonSpec,
+    #[serde(default)]
+    pub field_exempt: Vec<FieldExemptSpec>,
+}
+
+/// Fields in which some detectors' findings are ignored (versions are not
+/// IP addresses).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FieldExemptSpec {
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub suffixes: Vec<String>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub note: String,
 }
 
 /// One pattern detector.

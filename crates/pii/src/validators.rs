@@ -40,7 +40,7 @@ impl Validator {
     pub(crate) fn check(self, hay: &[u8], start: usize, end: usize) -> Option<usize> {
         let m = hay.get(start..end)?;
         let ok = match self {
-            Validator::Luhn => card(m),
+            Validator::Luhn => card(m) && card_context(hay, start, end),
             Validator::Mod97 => return iban_end(m).map(|len| start + len),
             Validator::Ssn => ssn(m),
             Validator::Ipv4 => ipv4(m) && ipv4_context(hay, start, end),
@@ -91,13 +91,48 @@ pub(crate) fn card(s: &[u8]) -> bool {
         }
     }
     let first = s.first().copied().unwrap_or(b'0');
-    if !(b'2'..=b'6').contains(&first) {
+    let second = s
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_digit)
+        .nth(1)
+        .unwrap_or(b'0');
+    // Issuer prefixes by length (ISO/IEC 7812 ranges of the major schemes):
+    // 13 digits only Visa, 14 Diners, 15 Amex/Diners, 16+ Visa,
+    // Mastercard (51-55, 2221-2720), Discover/UnionPay/Maestro (6), JCB (35).
+    let issuer_ok = match digits {
+        13 => first == b'4',
+        14 | 15 => first == b'3',
+        _ => match first {
+            b'2' => (b'2'..=b'7').contains(&second),
+            b'3' => second == b'5',
+            b'4' | b'5' | b'6' => true,
+            _ => false,
+        },
+    };
+    if !issuer_ok {
         return false;
     }
     if s.iter().filter(|b| b.is_ascii_digit()).all(|b| *b == first) {
         return false;
     }
     luhn(s)
+}
+
+/// A card number is not one part of a longer run of digit groups (an
+/// account number or reference written in groups of four).
+fn card_context(hay: &[u8], start: usize, end: usize) -> bool {
+    let m = &hay[start..end];
+    let sep = m.iter().copied().find(|b| !b.is_ascii_digit());
+    let grouped_before = start >= 2
+        && (hay[start - 1] == b' ' || hay[start - 1] == b'-')
+        && sep.is_none_or(|s| s == hay[start - 1])
+        && hay[start - 2].is_ascii_digit();
+    let grouped_after = hay.len() > end + 1
+        && (hay[end] == b' ' || hay[end] == b'-')
+        && sep.is_none_or(|s| s == hay[end])
+        && hay[end + 1].is_ascii_digit();
+    !(grouped_before || grouped_after)
 }
 
 /// ISO 13616 mod-97 check of an IBAN written compact or in groups.
@@ -229,7 +264,8 @@ fn ipv6_context(hay: &[u8], start: usize, end: usize) -> bool {
 pub(crate) fn phone(s: &[u8]) -> bool {
     let digits = s.iter().filter(|b| b.is_ascii_digit()).count();
     if s.starts_with(b"00") {
-        return (10..=17).contains(&digits);
+        // 00, a country code and a full national number.
+        return (12..=17).contains(&digits);
     }
     (8..=15).contains(&digits)
 }
@@ -281,6 +317,8 @@ mod tests {
         assert!(!card(b"4539 1488-0343-6467"), "mixed separators");
         assert!(!card(b"1234567812345670"), "issuer digit 1");
         assert!(!card(b"453914880343"), "too short");
+        assert!(!card(b"6625531447835"), "13 digits that are not Visa");
+        assert!(Validator::Luhn.check(b"PL40 0408 6200 8470 6712 4866 3753", 10, 29).is_none());
     }
 
     #[test]
@@ -334,6 +372,7 @@ mod tests {
     fn phone_digits_and_context() {
         assert!(phone(b"+1 415 555 2671"));
         assert!(phone(b"0081 3-1237-2991"));
+        assert!(!phone(b"009-999-0444"), "an id with a 00 prefix");
         assert!(!phone(b"+1 23"));
         assert!(!phone(b"+1234567890123456"));
         let h = b"id A-415-555-2671";
