@@ -235,12 +235,11 @@ impl<'a, 'js> FromJs<'a, 'js> {
             let key = key?;
             let item: Value<'js> = object.get(key.clone())?;
             if let Converted::Json(v) = self.value(item, true)? {
-                let key = match key.to_string() {
-                    Ok(k) => k,
-                    Err(_) => self.string(&key.to_js_string()?)?,
-                };
-                // "key": plus a comma.
-                self.charge(key.len() + 4)?;
+                // Not `Atom::to_string`: it trusts QuickJS for valid UTF-8,
+                // which keys with unpaired surrogates are not. `string`
+                // charges the quoted key; the colon and comma come on top.
+                let key = self.string(&key.to_js_string()?)?;
+                self.charge(2)?;
                 map.insert(key, v);
             }
         }

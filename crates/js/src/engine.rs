@@ -512,25 +512,7 @@ pub(crate) fn classify(
         _ => None,
     };
     if clock.fired() {
-        let message = match clock.budget() {
-            Budget::Record => format!(
-                "the script ran past its CPU time limit of {} ms per record",
-                limits.timeout_ms
-            ),
-            Budget::Chunk => format!(
-                "the script used up its CPU time budget of {} ms for this chunk",
-                limits.chunk_timeout_ms
-            ),
-            Budget::Startup => format!(
-                "the script's top-level code ran past its limit of {} ms",
-                clock.limit().as_millis()
-            ),
-        };
-        return Failure::new(
-            ScriptError::new(ErrorCode::ScriptTimeout, message),
-            Some("timeout"),
-            true,
-        );
+        return timeout(clock, limits);
     }
     let out_of_memory = || {
         Failure::new(
@@ -558,7 +540,19 @@ pub(crate) fn classify(
             ),
         };
     };
+    // When memory runs out so completely that QuickJS cannot even build its
+    // "out of memory" error, it throws `null` instead. A script's own
+    // `throw null` cannot be told apart and is reported the same way
+    // (documented in docs/scripting.md).
+    if exception.is_null() {
+        return out_of_memory();
+    }
     let described = describe_exception(exception);
+    // Describing runs the script's getters and `toString`s: they can run
+    // out of time too.
+    if clock.fired() {
+        return timeout(clock, limits);
+    }
     if described.internal && described.message == "out of memory" {
         return out_of_memory();
     }
@@ -585,6 +579,29 @@ pub(crate) fn classify(
     let mut failure = Failure::script(message);
     failure.detail = Some((described.text, position));
     failure
+}
+
+/// The failure for a call the interrupt handler stopped.
+fn timeout(clock: &Clock, limits: &crate::ScriptLimits) -> Failure {
+    let message = match clock.budget() {
+        Budget::Record => format!(
+            "the script ran past its CPU time limit of {} ms per record",
+            limits.timeout_ms
+        ),
+        Budget::Chunk => format!(
+            "the script used up its CPU time budget of {} ms for this chunk",
+            limits.chunk_timeout_ms
+        ),
+        Budget::Startup => format!(
+            "the script's top-level code ran past its limit of {} ms",
+            clock.limit().as_millis()
+        ),
+    };
+    Failure::new(
+        ScriptError::new(ErrorCode::ScriptTimeout, message),
+        Some("timeout"),
+        true,
+    )
 }
 
 struct Described {

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::engine::{Engine, Source};
+use crate::limits::Budget;
 use serde_json::json;
 
 pub(crate) fn env() -> ScriptEnv {
@@ -222,4 +224,331 @@ fn invalid_limits_are_problems() {
 fn script_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Script>();
+}
+
+// ---- limits ----
+
+fn busy_script(limits: ScriptLimits) -> Script {
+    // Spins for `r.ms` milliseconds of (wall, here also CPU) time.
+    Script::compile(
+        "function transform(r) { const end = Date.now() + r.ms; while (Date.now() < end) {} return r; }",
+        ScriptKind::Transform,
+        limits,
+        env(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn per_record_timeout_applies_and_engine_recovers() {
+    let s = busy_script(ScriptLimits {
+        timeout_ms: 20,
+        ..ScriptLimits::default()
+    });
+    let e = s.transform(json!({"ms": 200}), &call()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ScriptTimeout);
+    assert!(e.message.contains("20 ms per record"), "{e}");
+    assert!(s.transform(json!({"ms": 1}), &call()).is_ok());
+}
+
+#[test]
+fn chunk_budget_is_shared_by_the_chunk_and_renewed_by_begin_chunk() {
+    // CPU-bound records (a fixed loop, not a wall-clock wait: the budget is
+    // CPU time, and tests share the cores).
+    let s = Script::compile(
+        "function transform(r) { let x = 0; for (let i = 0; i < r.n; i++) x += i; return { x }; }",
+        ScriptKind::Transform,
+        ScriptLimits {
+            timeout_ms: 5_000,
+            chunk_timeout_ms: 30,
+            ..ScriptLimits::default()
+        },
+        env(),
+    )
+    .unwrap();
+    s.begin_chunk();
+    let mut failed_at = None;
+    for i in 0..10_000 {
+        if let Err(e) = s.transform(json!({"n": 200_000}), &call()) {
+            assert_eq!(e.code, ErrorCode::ScriptTimeout);
+            assert!(e.message.contains("30 ms for this chunk"), "{e}");
+            failed_at = Some(i);
+            break;
+        }
+    }
+    assert!(failed_at.is_some_and(|i| i > 0), "{failed_at:?}");
+    // Spent: the next record fails at once, without running.
+    let e = s.transform(json!({"n": 0}), &call()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ScriptTimeout);
+    s.begin_chunk();
+    assert!(s.transform(json!({"n": 0}), &call()).is_ok());
+}
+
+#[test]
+fn without_begin_chunk_only_the_record_limit_applies() {
+    let s = busy_script(ScriptLimits {
+        timeout_ms: 50,
+        chunk_timeout_ms: 40,
+        ..ScriptLimits::default()
+    });
+    for _ in 0..4 {
+        assert!(s.transform(json!({"ms": 20}), &call()).is_ok());
+    }
+}
+
+#[test]
+fn chunk_budgets_are_per_thread() {
+    let s = busy_script(ScriptLimits {
+        timeout_ms: 50,
+        chunk_timeout_ms: 30,
+        ..ScriptLimits::default()
+    });
+    s.begin_chunk();
+    assert!(s.transform(json!({"ms": 20}), &call()).is_ok());
+    let other = s.clone();
+    let ok = std::thread::spawn(move || {
+        other.begin_chunk();
+        other.transform(json!({"ms": 20}), &call()).is_ok()
+    })
+    .join()
+    .unwrap();
+    assert!(ok);
+}
+
+#[test]
+fn top_level_code_is_bounded_by_the_chunk_budget() {
+    let limits = ScriptLimits {
+        chunk_timeout_ms: 30,
+        ..ScriptLimits::default()
+    };
+    let p = Script::compile(
+        "for (;;) {}\nfunction transform(r) { return r; }",
+        ScriptKind::Transform,
+        limits,
+        env(),
+    )
+    .unwrap_err();
+    assert!(p[0].message.contains("top-level"), "{p:?}");
+}
+
+#[test]
+fn stack_limit_is_configurable() {
+    // Depth reached before the stack limit stops the recursion.
+    let src = "function transform(r) { let d = 0; function f() { d++; f(); } try { f(); } catch (e) {} return { d }; }";
+    let depth = |kb: u32| {
+        let s = Script::compile(
+            src,
+            ScriptKind::Transform,
+            ScriptLimits {
+                max_stack_kb: kb,
+                ..ScriptLimits::default()
+            },
+            env(),
+        )
+        .unwrap();
+        s.transform(json!({}), &call()).unwrap().records[0]["d"]
+            .as_u64()
+            .unwrap()
+    };
+    let (small, big) = (depth(64), depth(1024));
+    assert!(small > 10, "{small}");
+    assert!(big > small * 8, "64 KiB: {small}, 1024 KiB: {big}");
+}
+
+#[test]
+fn output_limit_counts_all_returned_records() {
+    let s = Script::compile(
+        "function transform(r) { return Array.from({length: r.n}, () => ({s: 'x'.repeat(90)})); }",
+        ScriptKind::Transform,
+        ScriptLimits {
+            max_output_bytes: 1000,
+            ..ScriptLimits::default()
+        },
+        env(),
+    )
+    .unwrap();
+    // Each record is {"s":"x...x"} = 98 bytes (+1 separator).
+    assert_eq!(
+        s.transform(json!({"n": 9}), &call()).unwrap().records.len(),
+        9
+    );
+    let e = s.transform(json!({"n": 11}), &call()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ScriptOutputTooLarge);
+}
+
+// ---- sandbox routes the config-time scan would already reject ----
+
+fn unscanned(src: &str) -> Engine {
+    let source = Source {
+        text: src,
+        kind: ScriptKind::Transform,
+    };
+    match Engine::start(&source, &ScriptLimits::default(), &env(), false) {
+        Ok(e) => e,
+        Err(_) => panic!("engine should start"),
+    }
+}
+
+fn run(engine: &mut Engine, record: serde_json::Value) -> Result<TransformOutput, ScriptError> {
+    let r = engine.transform(
+        &record,
+        Uuid::nil(),
+        0,
+        Duration::from_millis(500),
+        Budget::Record,
+    );
+    r.result.map_err(|f| f.error)
+}
+
+#[test]
+fn async_constructors_are_neutralised_at_runtime() {
+    let mut engine = unscanned(
+        "function transform(r) {
+           const tries = {
+             asyncFn: () => Object.getPrototypeOf(async function () {}).constructor('return 1'),
+             asyncGen: () => Object.getPrototypeOf(async function* () {}).constructor('yield 1'),
+             asyncArrow: () => (async () => 1).constructor('return 1'),
+             fn: () => Function('return 1'),
+             ev: () => eval('1'),
+           };
+           const out = {};
+           for (const k in tries) {
+             try { tries[k](); out[k] = 'escaped'; } catch (e) { out[k] = e.constructor.name; }
+           }
+           out.promise = typeof Promise;
+           return out;
+         }",
+    );
+    let out = run(&mut engine, json!({})).unwrap();
+    assert_eq!(
+        out.records,
+        [
+            json!({"asyncFn": "TypeError", "asyncGen": "TypeError", "asyncArrow": "TypeError",
+                "fn": "TypeError", "ev": "ReferenceError", "promise": "undefined"})
+        ]
+    );
+}
+
+#[test]
+fn async_work_is_an_error_and_discards_the_engine() {
+    let mut engine = unscanned(
+        "async function later(r) { await null; r.late = true; }
+         function transform(r) {
+           if (r.returnPromise) return (async () => r)();
+           if (r.schedule) later(r);
+           return r;
+         }",
+    );
+    let e = run(&mut engine, json!({"returnPromise": true})).unwrap_err();
+    assert!(e.message.contains("Promise"), "{e}");
+    let r = engine.transform(
+        &json!({"schedule": true}),
+        Uuid::nil(),
+        0,
+        Duration::from_millis(500),
+        Budget::Record,
+    );
+    let f = r.result.unwrap_err();
+    assert!(f.discard);
+    assert!(
+        f.error.message.contains("asynchronous"),
+        "{}",
+        f.error.message
+    );
+}
+
+// ---- metrics ----
+
+mod recorder {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit,
+    };
+
+    #[derive(Default)]
+    pub struct Counts(pub Mutex<HashMap<String, Arc<Cell>>>);
+
+    #[derive(Default)]
+    pub struct Cell(AtomicU64);
+
+    impl CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    impl Counts {
+        pub fn get(&self, key: &str) -> u64 {
+            self.0
+                .lock()
+                .unwrap()
+                .get(key)
+                .map_or(0, |c| c.0.load(Ordering::Relaxed))
+        }
+    }
+
+    impl metrics::Recorder for Counts {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let cell = self.0.lock().unwrap().entry(name).or_default().clone();
+            Counter::from_arc(cell)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+}
+
+#[test]
+fn limit_hits_and_errors_are_counted() {
+    let counts = recorder::Counts::default();
+    metrics::with_local_recorder(&counts, || {
+        let s = Script::compile(
+            "function transform(r) { if (r.loop) for (;;) {} if (r.big) return {s: 'x'.repeat(2e6)}; if (r.boom) throw new Error('b'); return r; }",
+            ScriptKind::Transform,
+            ScriptLimits::default(),
+            env(),
+        )
+        .unwrap();
+        assert!(s.transform(json!({"loop": true}), &call()).is_err());
+        assert!(s.transform(json!({"big": true}), &call()).is_err());
+        assert!(s.transform(json!({"boom": true}), &call()).is_err());
+        assert!(s.transform(json!({}), &call()).is_ok());
+    });
+    assert_eq!(
+        counts.get("sluice_script_limit_hits_total{limit=timeout}"),
+        1
+    );
+    assert_eq!(
+        counts.get("sluice_script_limit_hits_total{limit=output}"),
+        1
+    );
+    assert_eq!(
+        counts.get("sluice_script_errors_total{code=SCRIPT_TIMEOUT}"),
+        1
+    );
+    assert_eq!(
+        counts.get("sluice_script_errors_total{code=SCRIPT_OUTPUT_TOO_LARGE}"),
+        1
+    );
+    assert_eq!(
+        counts.get("sluice_script_errors_total{code=SCRIPT_ERROR}"),
+        1
+    );
 }
