@@ -295,10 +295,14 @@ impl Engine {
             converted.map_err(|e| self.convert_failure(&ctx, e))
         });
         let used = self.clock.disarm();
-        let result = self.after_call(result).map(|records| {
-            let (logs, _dropped) = self.host.take_logs();
-            TransformOutput { records, logs }
-        });
+        let (logs, dropped) = self.host.take_logs();
+        if dropped > 0 {
+            metrics::counter!("sluice_script_log_lines_dropped_total")
+                .increment(u64::from(dropped));
+        }
+        let result = self
+            .after_call(result)
+            .map(|records| TransformOutput { records, logs });
         Run { result, used }
     }
 

@@ -152,7 +152,9 @@ pub(crate) fn build_ctx<'js>(ctx: &Ctx<'js>, host: &Rc<Host>) -> rquickjs::Resul
                     HostError::Js(e) => e,
                     HostError::Message(m) => Exception::throw_type(&ctx, &format!("ctx.hash: {m}")),
                 })?;
-                serde_json::to_vec(&json).unwrap_or_default()
+                let mut text = String::new();
+                canonical_json(&json, &mut text);
+                text.into_bytes()
             };
             Ok(hmac_hex(&h.env.hash_key, &bytes))
         },
@@ -187,6 +189,39 @@ pub(crate) fn build_ctx<'js>(ctx: &Ctx<'js>, host: &Rc<Host>) -> rquickjs::Resul
     obj.prop("now", Property::from(now).enumerable())?;
 
     Ok(obj)
+}
+
+/// JSON text with object keys sorted at every level, so a value hashes the
+/// same whatever order its keys were built in (and whether or not
+/// serde_json keeps insertion order in this build).
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(item, out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// HMAC-SHA256 of `bytes` under `key`, as lowercase hex.
@@ -275,6 +310,14 @@ mod tests {
             hmac_hex(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let mut out = String::new();
+        let v = serde_json::json!({"b": [{"z": 1, "a": "x\"y"}], "a": null});
+        canonical_json(&v, &mut out);
+        assert_eq!(out, r#"{"a":null,"b":[{"a":"x\"y","z":1}]}"#);
     }
 
     #[test]

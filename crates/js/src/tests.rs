@@ -552,3 +552,144 @@ fn limit_hits_and_errors_are_counted() {
         1
     );
 }
+
+// ---- ctx ----
+
+#[test]
+fn ctx_exposes_pipeline_batch_and_api_version() {
+    let s = script(
+        "function transform(r, ctx) {
+           return { p: ctx.pipeline, b: ctx.batch, v: ctx.apiVersion, same: ctx.batch === ctx.batch };
+         }",
+    );
+    let out = s.transform(json!({}), &call()).unwrap();
+    assert_eq!(
+        out.records,
+        [json!({
+            "p": {"id": Uuid::from_u128(0x1234).to_string(), "name": "orders", "version": 7},
+            "b": {"id": Uuid::from_u128(0xb).to_string(), "index": 3},
+            "v": CTX_API_VERSION,
+            "same": false
+        })]
+    );
+    let next = CallContext {
+        batch_id: Uuid::from_u128(0xc),
+        record_index: 4,
+    };
+    let out = s.transform(json!({}), &next).unwrap();
+    assert_eq!(
+        out.records[0]["b"],
+        json!({"id": Uuid::from_u128(0xc).to_string(), "index": 4})
+    );
+}
+
+fn redacting_env() -> ScriptEnv {
+    ScriptEnv {
+        redact: Some(Arc::new(|s: &str| {
+            s.replace("alice@example.com", "[EMAIL]")
+        })),
+        ..env()
+    }
+}
+
+#[test]
+fn ctx_log_is_captured_redacted_and_capped() {
+    let s = Script::compile(
+        "function transform(r, ctx) {
+           ctx.log('user', r.email, 'tried', 3, 'times', {a: [1, null]}, undefined, NaN);
+           ctx.log(new Error('bad thing'), Symbol('s'), () => 1, 10n);
+           for (let i = 0; i < 10; i++) ctx.log('spam', i);
+           return r;
+         }",
+        ScriptKind::Transform,
+        ScriptLimits {
+            max_log_lines: 3,
+            ..ScriptLimits::default()
+        },
+        redacting_env(),
+    )
+    .unwrap();
+    let out = s
+        .transform(json!({"email": "alice@example.com"}), &call())
+        .unwrap();
+    assert_eq!(
+        out.logs,
+        [
+            "user [EMAIL] tried 3 times {\"a\":[1,null]} undefined NaN",
+            "bad thing [a symbol] [a function] [bigint]",
+            "spam 0",
+        ]
+    );
+    // The log buffer starts empty for every record.
+    let out = s.transform(json!({"email": "x"}), &call()).unwrap();
+    assert_eq!(out.logs.len(), 3);
+    assert_eq!(
+        out.logs[0],
+        "user x tried 3 times {\"a\":[1,null]} undefined NaN"
+    );
+}
+
+#[test]
+fn ctx_hash_is_the_tenant_keyed_hmac() {
+    let s = script(
+        "function transform(r, ctx) { return { s: ctx.hash(r.s), o: ctx.hash({b: 1, a: [2]}), n: ctx.hash(5) }; }",
+    );
+    let out = s.transform(json!({"s": "alice"}), &call()).unwrap();
+    let key = b"tenant-key";
+    assert_eq!(out.records[0]["s"], json!(host::hmac_hex(key, b"alice")));
+    assert_eq!(
+        out.records[0]["o"],
+        json!(host::hmac_hex(key, br#"{"a":[2],"b":1}"#))
+    );
+    assert_eq!(out.records[0]["n"], json!(host::hmac_hex(key, b"5")));
+    assert_eq!(out.records[0]["s"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn ctx_redact_uses_the_pii_engine_or_is_identity() {
+    let src =
+        "function transform(r, ctx) { return { t: ctx.redact('mail alice@example.com now') }; }";
+    let with = Script::compile(
+        src,
+        ScriptKind::Transform,
+        ScriptLimits::default(),
+        redacting_env(),
+    )
+    .unwrap();
+    assert_eq!(
+        with.transform(json!({}), &call()).unwrap().records,
+        [json!({"t": "mail [EMAIL] now"})]
+    );
+    let without = script(src);
+    assert_eq!(
+        without.transform(json!({}), &call()).unwrap().records,
+        [json!({"t": "mail alice@example.com now"})]
+    );
+}
+
+#[test]
+fn ctx_now_is_milliseconds_since_the_epoch() {
+    let s = script("function transform(r, ctx) { return { now: ctx.now() }; }");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let out = s.transform(json!({}), &call()).unwrap();
+    let now = out.records[0]["now"].as_u64().unwrap();
+    assert!(now >= before && now < before + 5_000, "{now} vs {before}");
+}
+
+#[test]
+fn ctx_is_available_to_expressions() {
+    let s = Script::compile(
+        "ctx.pipeline.name + ':' + r.id",
+        ScriptKind::Expression,
+        ScriptLimits::default(),
+        env(),
+    )
+    .unwrap();
+    assert_eq!(
+        s.eval(&json!({"id": 9}), &call()).unwrap(),
+        json!("orders:9")
+    );
+}

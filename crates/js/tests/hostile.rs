@@ -626,3 +626,66 @@ fn h40_memory_is_released_after_many_memory_limit_hits() {
     }
     assert_recovers(&script);
 }
+
+#[test]
+fn h41_the_global_object_holds_exactly_the_allowed_names() {
+    // A guard for engine upgrades: a new intrinsic must be reviewed before
+    // scripts can reach it.
+    let out = attack_is_harmless("r.g = Reflect.ownKeys(globalThis).map(String).sort(); return r;");
+    let names: Vec<&str> = out[0]["g"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "AggregateError",
+            "Array",
+            "BigInt",
+            "Boolean",
+            "Date",
+            "DisposableStack",
+            "Error",
+            "EvalError",
+            "Function",
+            "Infinity",
+            "InternalError",
+            "Iterator",
+            "JSON",
+            "Map",
+            "Math",
+            "NaN",
+            "Number",
+            "Object",
+            "RangeError",
+            "ReferenceError",
+            "Reflect",
+            "RegExp",
+            "Set",
+            "String",
+            "SuppressedError",
+            "Symbol",
+            "Symbol(Symbol.toStringTag)",
+            "SyntaxError",
+            "TypeError",
+            "URIError",
+            "WeakMap",
+            "WeakSet",
+            "decodeURI",
+            "decodeURIComponent",
+            "encodeURI",
+            "encodeURIComponent",
+            "escape",
+            "globalThis",
+            "isFinite",
+            "isNaN",
+            "parseFloat",
+            "parseInt",
+            "transform",
+            "undefined",
+            "unescape",
+        ]
+    );
+}
