@@ -22,7 +22,7 @@ use sha2::Sha256;
 use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, normalize_field};
 use crate::names::PersonFinder;
 use crate::rules::{self, FieldRuleSpec, RulesError};
-use crate::scan::{Scanner, Span};
+use crate::scan::{ScanCache, Scanner, Span};
 use crate::types::PiiType;
 
 /// Key of the process-wide default engine. Its pseudonyms are only used in
@@ -174,6 +174,14 @@ impl FieldRules {
     }
 }
 
+/// Per-call scratch state of a record walk.
+struct Work {
+    path: Vec<String>,
+    norm: String,
+    parent_norm: String,
+    cache: ScanCache,
+}
+
 /// What happens to one string value.
 enum Outcome {
     Keep,
@@ -223,7 +231,8 @@ impl Redactor {
             }]
         };
         let rules = rules::parse(crate::RULES_JSON).map_err(rules_problem)?;
-        let scanner = Scanner::new(&rules.detectors, &resolved.enabled).map_err(rules_problem)?;
+        let scanner =
+            Scanner::new(&rules.detectors, &rules.groups, &resolved.enabled).map_err(rules_problem)?;
         let field_rules = FieldRules::new(&rules.field_rules).map_err(rules_problem)?;
         let persons = resolved.enabled[PiiType::Person.index()].then(|| PersonFinder::new(&rules.person));
         let user_fields = resolved.fields.iter().cloned().collect();
@@ -296,13 +305,17 @@ impl Redactor {
     /// context to their values; `remove` actions delete keys (or array
     /// elements) whose whole value is sensitive.
     pub fn redact_record(&self, record: &mut Value) {
-        let mut path = Vec::new();
-        let mut norm = String::new();
-        let mut parent_norm = String::new();
         if self.resolved.skip.iter().any(Vec::is_empty) {
             return;
         }
-        self.walk(record, None, None, &mut path, &mut norm, &mut parent_norm);
+        let mut w = Work {
+            path: Vec::new(),
+            norm: String::new(),
+            parent_norm: String::new(),
+            cache: self.scanner.get_cache(),
+        };
+        self.walk(record, None, None, &mut w);
+        self.scanner.put_cache(w.cache);
     }
 
     /// Redacts free text (a log line, a message) with no field context.
@@ -314,7 +327,10 @@ impl Redactor {
                 Cow::Owned("[REDACTED]".into())
             };
         }
-        match self.redact_free(text, 0) {
+        let mut cache = self.scanner.get_cache();
+        let out = self.redact_free(text, 0, &mut cache);
+        self.scanner.put_cache(cache);
+        match out {
             Some(s) => Cow::Owned(s),
             None => Cow::Borrowed(text),
         }
@@ -326,16 +342,14 @@ impl Redactor {
         v: &mut Value,
         key: Option<&str>,
         parent: Option<&str>,
-        path: &mut Vec<String>,
-        norm: &mut String,
-        parent_norm: &mut String,
+        w: &mut Work,
     ) -> bool {
         let track = !self.resolved.skip.is_empty();
-        if track && self.resolved.skip.iter().any(|p| p == path) {
+        if track && self.resolved.skip.iter().any(|p| *p == w.path) {
             return false;
         }
         match v {
-            Value::String(s) => match self.redact_field(s, key, parent, norm, parent_norm) {
+            Value::String(s) => match self.redact_field(s, key, parent, w) {
                 Outcome::Keep => false,
                 Outcome::Replace(n) => {
                     *s = n;
@@ -348,17 +362,17 @@ impl Redactor {
                 let mut remove = Vec::new();
                 for (k, child) in map.iter_mut() {
                     if track {
-                        path.push(k.clone());
+                        w.path.push(k.clone());
                     }
                     let ctx = match (&sibling, k.as_str()) {
                         (Some(name), "value") => name.as_str(),
                         _ => k.as_str(),
                     };
-                    if self.walk(child, Some(ctx), key, path, norm, parent_norm) {
+                    if self.walk(child, Some(ctx), key, w) {
                         remove.push(k.clone());
                     }
                     if track {
-                        path.pop();
+                        w.path.pop();
                     }
                 }
                 for k in remove {
@@ -371,11 +385,11 @@ impl Redactor {
                 let mut index = 0;
                 while i < items.len() {
                     if track {
-                        path.push(index.to_string());
+                        w.path.push(index.to_string());
                     }
-                    let drop = self.walk(&mut items[i], key, parent, path, norm, parent_norm);
+                    let drop = self.walk(&mut items[i], key, parent, w);
                     if track {
-                        path.pop();
+                        w.path.pop();
                     }
                     if drop {
                         items.remove(i);
@@ -407,8 +421,7 @@ impl Redactor {
         s: &str,
         key: Option<&str>,
         parent: Option<&str>,
-        norm: &mut String,
-        parent_norm: &mut String,
+        w: &mut Work,
     ) -> Outcome {
         if s.is_empty() {
             return Outcome::Keep;
@@ -418,9 +431,9 @@ impl Redactor {
         }
         let mut exempt = 0;
         if let Some(k) = key {
-            normalize_field(k, norm);
-            exempt = self.exempt_mask(norm);
-            if let Some(rule) = self.user_fields.get(norm.as_str()) {
+            normalize_field(k, &mut w.norm);
+            exempt = self.exempt_mask(&w.norm);
+            if let Some(rule) = self.user_fields.get(w.norm.as_str()) {
                 if self.is_placeholder(s) {
                     return Outcome::Keep;
                 }
@@ -429,24 +442,24 @@ impl Redactor {
             }
             if self.resolved.field_names {
                 let p = parent.map(|p| {
-                    normalize_field(p, parent_norm);
-                    parent_norm.as_str()
+                    normalize_field(p, &mut w.parent_norm);
+                    w.parent_norm.as_str()
                 });
-                if let Some(rule) = self.field_rules.lookup(norm, p)
+                if let Some(rule) = self.field_rules.lookup(&w.norm, p)
                     && self.resolved.enabled[rule.kind.index()]
-                    && let Some(outcome) = self.apply_field_rule(s, rule)
+                    && let Some(outcome) = self.apply_field_rule(s, rule, &mut w.cache)
                 {
                     return outcome;
                 }
             }
         }
-        match self.redact_free(s, exempt) {
+        match self.redact_free(s, exempt, &mut w.cache) {
             Some(n) => Outcome::Replace(n),
             None => Outcome::Keep,
         }
     }
 
-    fn apply_field_rule(&self, s: &str, rule: &FieldRule) -> Option<Outcome> {
+    fn apply_field_rule(&self, s: &str, rule: &FieldRule, cache: &mut ScanCache) -> Option<Outcome> {
         let trimmed = s.trim();
         if self.is_placeholder(trimmed) {
             return Some(Outcome::Keep);
@@ -465,7 +478,7 @@ impl Redactor {
             rule.kind,
             PiiType::Email | PiiType::Phone | PiiType::CreditCard | PiiType::UsSsn | PiiType::Iban
         );
-        if precise && let Some(n) = self.redact_free(s, 0) {
+        if precise && let Some(n) = self.redact_free(s, 0, cache) {
             return Some(Outcome::Replace(n));
         }
         let keep = rule
@@ -520,8 +533,8 @@ impl Redactor {
 
     /// Detects spans in free text and rewrites them; `None` when nothing
     /// changes.
-    fn redact_free(&self, s: &str, exempt: u32) -> Option<String> {
-        let spans = self.detect(s);
+    fn redact_free(&self, s: &str, exempt: u32, cache: &mut ScanCache) -> Option<String> {
+        let spans = self.detect(s, cache);
         if spans.is_empty() {
             return None;
         }
@@ -551,11 +564,11 @@ impl Redactor {
     }
 
     /// All spans of `s`, sorted and non-overlapping, in `s`'s offsets.
-    fn detect(&self, s: &str) -> Vec<Span> {
+    fn detect(&self, s: &str, cache: &mut ScanCache) -> Vec<Span> {
         let bytes = s.as_bytes();
         let mut spans = Vec::new();
         if let Some(view) = PercentView::new(bytes) {
-            self.scanner.scan(&view.decoded, &mut spans);
+            self.scanner.scan(&view.decoded, cache, &mut spans);
             if let Some(persons) = &self.persons
                 && let Ok(text) = std::str::from_utf8(&view.decoded)
             {
@@ -569,7 +582,7 @@ impl Redactor {
                 sp.end = b;
             }
         } else {
-            self.scanner.scan(bytes, &mut spans);
+            self.scanner.scan(bytes, cache, &mut spans);
             if let Some(persons) = &self.persons {
                 let mut found = Vec::new();
                 persons.find(s, &spans, &mut found);

@@ -9,6 +9,8 @@
 //! Unicode-aware while JavaScript's (without the `u` flag) are ASCII, so the
 //! loader rewrites those escapes to their ASCII forms before compiling.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// The whole rules file.
@@ -30,6 +32,20 @@ pub(crate) struct RulesFile {
     pub person: PersonSpec,
     #[serde(default)]
     pub field_exempt: Vec<FieldExemptSpec>,
+    pub groups: BTreeMap<String, GroupSpec>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub groups_about: String,
+}
+
+/// A scan group: what a string must contain for its patterns to match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupSpec {
+    #[serde(default)]
+    pub needs_any: Vec<String>,
+    #[serde(default)]
+    pub needs_all: Vec<String>,
 }
 
 /// Fields in which some detectors' findings are ignored (versions are not
@@ -54,13 +70,15 @@ pub(crate) struct DetectorSpec {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// Scan group (an optimisation hint; see `groups_about`).
+    pub group: String,
     pub pattern: String,
     /// Only `"i"` is allowed.
     #[serde(default)]
     pub flags: String,
     /// Capture group to redact (0 = whole match).
-    #[serde(default)]
-    pub group: usize,
+    #[serde(default, rename = "redact_group")]
+    pub group_index: usize,
     #[serde(default)]
     pub validator: Option<String>,
     #[serde(default)]

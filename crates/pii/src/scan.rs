@@ -11,11 +11,16 @@
 //! the search resumes one character further, so a rejected look-alike never
 //! hides a real match that starts inside it.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use aho_corasick::AhoCorasick;
+use regex_automata::hybrid;
 use regex_automata::meta::{BuildError, Regex};
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input};
+use regex_automata::{Anchored, Input, PatternID};
 
-use crate::rules::{self, DetectorSpec, RulesError};
+use crate::rules::{self, DetectorSpec, GroupSpec, RulesError};
 use crate::types::PiiType;
 use crate::validators::Validator;
 
@@ -27,6 +32,15 @@ pub(crate) struct Span {
     pub kind: PiiType,
 }
 
+/// A candidate before merging: the redacted span plus where the whole
+/// match started and which detector found it (its order in the file).
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    span: Span,
+    match_start: usize,
+    order: usize,
+}
+
 struct Detector {
     kind: PiiType,
     group: usize,
@@ -34,18 +48,70 @@ struct Detector {
     require_before: Option<Regex>,
     deny_before: Option<Regex>,
     boundary: bool,
-    /// The pattern alone, for anchored retries and capture groups.
+    /// The pattern alone, for capture groups.
     single: Regex,
+}
+
+/// What a string must contain for a group to be worth running.
+#[derive(Debug, Clone, Copy, Default)]
+struct Needs {
+    /// Any of these feature bits.
+    any: u64,
+    /// All of these feature bits.
+    all: u64,
+}
+
+/// Detectors scanned together by one lazy DFA.
+struct Group {
+    needs: Needs,
+    /// Detector index (file order) of each pattern id.
+    detectors: Vec<usize>,
+    dfa: hybrid::regex::Regex,
+    /// Same patterns, used if the lazy DFA ever gives up on an input.
+    fallback: Regex,
+}
+
+/// Lazy DFA caches for every group; one per thread at a time, pooled.
+pub(crate) struct ScanCache {
+    groups: Vec<hybrid::regex::Cache>,
+    candidates: Vec<Candidate>,
 }
 
 /// All enabled pattern detectors, compiled.
 pub(crate) struct Scanner {
-    all: Option<Regex>,
     detectors: Vec<Detector>,
+    groups: Vec<Group>,
+    literals: Option<AhoCorasick>,
+    /// Feature bit of each literal of `literals`.
+    literal_bits: Vec<u64>,
+    pool: Mutex<Vec<ScanCache>>,
 }
 
 /// How far back the context patterns look.
 const CONTEXT_BYTES: usize = 40;
+/// Lazy DFA cache per group. Generous, so that the automata stay warm.
+const DFA_CACHE_BYTES: usize = 8 << 20;
+
+const F_DIGIT: u64 = 1 << 0;
+const F_HEXCOLON: u64 = 1 << 1;
+/// Single-byte literals get bit `8 + byte class index`; see `byte_bit`.
+const FIRST_LITERAL_BIT: u32 = 16;
+
+/// Feature bit for a one-byte literal need, if it has one.
+fn byte_bit(b: u8) -> Option<u64> {
+    let i = match b {
+        b'@' => 0,
+        b'=' => 1,
+        b':' => 2,
+        b' ' => 3,
+        b'%' => 4,
+        b'/' => 5,
+        b'-' => 6,
+        b'.' => 7,
+        _ => return None,
+    };
+    Some(1 << (8 + i))
+}
 
 fn build(pattern: &str) -> Result<Regex, Box<BuildError>> {
     Regex::builder()
@@ -71,13 +137,68 @@ fn compile_context(
 }
 
 impl Scanner {
+    /// A scanner with no detectors.
+    pub(crate) fn empty() -> Scanner {
+        Scanner {
+            detectors: Vec::new(),
+            groups: Vec::new(),
+            literals: None,
+            literal_bits: Vec::new(),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Compiles the detectors whose type is enabled.
     pub(crate) fn new(
         specs: &[DetectorSpec],
+        group_specs: &BTreeMap<String, GroupSpec>,
         enabled: &[bool; PiiType::COUNT],
     ) -> Result<Scanner, RulesError> {
+        // Feature bits of the group needs.
+        let mut literals: Vec<String> = Vec::new();
+        let mut need_bit = |need: &str| -> Result<u64, String> {
+            match need {
+                "#digit" => Ok(F_DIGIT),
+                "#hexcolon" => Ok(F_HEXCOLON),
+                n if n.starts_with('#') => Err(format!("unknown need {n:?}")),
+                n if n.len() == 1 => byte_bit(n.as_bytes()[0])
+                    .ok_or_else(|| format!("one-byte need {n:?} is not supported")),
+                n if n.is_empty() => Err("empty need".into()),
+                n => {
+                    let idx = match literals.iter().position(|l| l == n) {
+                        Some(i) => i,
+                        None => {
+                            literals.push(n.to_string());
+                            literals.len() - 1
+                        }
+                    };
+                    let bit = FIRST_LITERAL_BIT as usize + idx;
+                    if bit >= 64 {
+                        return Err("too many literal needs (at most 48)".into());
+                    }
+                    Ok(1 << bit)
+                }
+            }
+        };
+        let mut group_names: Vec<&String> = Vec::new();
+        let mut group_needs: Vec<Needs> = Vec::new();
+        for (name, g) in group_specs {
+            let gerr = |message: String| RulesError::Detector {
+                id: format!("group {name}"),
+                message,
+            };
+            let mut needs = Needs::default();
+            for n in &g.needs_any {
+                needs.any |= need_bit(n).map_err(gerr)?;
+            }
+            for n in &g.needs_all {
+                needs.all |= need_bit(n).map_err(gerr)?;
+            }
+            group_names.push(name);
+            group_needs.push(needs);
+        }
         let mut detectors = Vec::new();
-        let mut patterns = Vec::new();
+        let mut group_patterns: Vec<Vec<(usize, String)>> = vec![Vec::new(); group_names.len()];
         for spec in specs {
             let err = |message: String| RulesError::Detector {
                 id: spec.id.clone(),
@@ -85,6 +206,10 @@ impl Scanner {
             };
             let kind = PiiType::parse(&spec.kind)
                 .ok_or_else(|| err(format!("unknown type {:?}", spec.kind)))?;
+            let group = group_names
+                .iter()
+                .position(|g| **g == spec.group)
+                .ok_or_else(|| err(format!("unknown group {:?}", spec.group)))?;
             let validator = match &spec.validator {
                 None => None,
                 Some(name) => Some(
@@ -95,18 +220,18 @@ impl Scanner {
             let ci = rules::case_insensitive(&spec.flags).map_err(err)?;
             let translated = rules::translate(&spec.pattern, ci).map_err(err)?;
             let single = build(&translated).map_err(|e| err(e.to_string()))?;
-            if spec.group >= single.group_info().group_len(regex_automata::PatternID::ZERO) {
-                return Err(err(format!("pattern has no group {}", spec.group)));
+            if spec.group_index >= single.group_info().group_len(PatternID::ZERO) {
+                return Err(err(format!("pattern has no group {}", spec.group_index)));
             }
             let require_before = compile_context(spec, spec.require_before.as_ref())?;
             let deny_before = compile_context(spec, spec.deny_before.as_ref())?;
             if !enabled[kind.index()] {
                 continue;
             }
-            patterns.push(translated);
+            group_patterns[group].push((detectors.len(), translated));
             detectors.push(Detector {
                 kind,
-                group: spec.group,
+                group: spec.group_index,
                 validator,
                 require_before,
                 deny_before,
@@ -114,63 +239,183 @@ impl Scanner {
                 single,
             });
         }
-        let all = if patterns.is_empty() {
+        let mut groups = Vec::new();
+        for (gi, patterns) in group_patterns.into_iter().enumerate() {
+            if patterns.is_empty() {
+                continue;
+            }
+            let gerr = |message: String| RulesError::Detector {
+                id: format!("group {}", group_names[gi]),
+                message,
+            };
+            let texts: Vec<&str> = patterns.iter().map(|(_, p)| p.as_str()).collect();
+            let dfa = hybrid::regex::Regex::builder()
+                .syntax(syntax::Config::new().utf8(false))
+                .dfa(
+                    hybrid::dfa::Config::new()
+                        .cache_capacity(DFA_CACHE_BYTES)
+                        .minimum_cache_clear_count(None),
+                )
+                .build_many(&texts)
+                .map_err(|e| gerr(e.to_string()))?;
+            let fallback = Regex::builder()
+                .syntax(syntax::Config::new().utf8(false))
+                .build_many(&texts)
+                .map_err(|e| gerr(e.to_string()))?;
+            groups.push(Group {
+                needs: group_needs[gi],
+                detectors: patterns.iter().map(|(d, _)| *d).collect(),
+                dfa,
+                fallback,
+            });
+        }
+        let literal_bits = (0..literals.len())
+            .map(|i| 1u64 << (FIRST_LITERAL_BIT as usize + i))
+            .collect();
+        let literals = if literals.is_empty() {
             None
         } else {
-            let built = Regex::builder()
-                .syntax(syntax::Config::new().utf8(false))
-                .build_many(&patterns)
-                .map_err(|e| RulesError::Detector {
-                    id: "(all)".into(),
-                    message: e.to_string(),
-                })?;
-            Some(built)
+            Some(AhoCorasick::new(&literals).map_err(|e| RulesError::Detector {
+                id: "(group needs)".into(),
+                message: e.to_string(),
+            })?)
         };
-        Ok(Scanner { all, detectors })
+        Ok(Scanner {
+            detectors,
+            groups,
+            literals,
+            literal_bits,
+            pool: Mutex::new(Vec::new()),
+        })
     }
 
-    /// A scanner with no detectors.
-    pub(crate) fn empty() -> Scanner {
-        Scanner {
-            all: None,
-            detectors: Vec::new(),
+    /// Takes a cache from the pool (or makes one); give it back with
+    /// [`Scanner::put_cache`].
+    pub(crate) fn get_cache(&self) -> ScanCache {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        pooled.unwrap_or_else(|| ScanCache {
+            groups: self.groups.iter().map(|g| g.dfa.create_cache()).collect(),
+            candidates: Vec::new(),
+        })
+    }
+
+    pub(crate) fn put_cache(&self, cache: ScanCache) {
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < 64
+        {
+            p.push(cache);
         }
     }
 
-    /// Appends every accepted span of `hay` to `out`, left to right, without
+    /// Which needs `hay` satisfies.
+    fn features(&self, hay: &[u8]) -> u64 {
+        let mut f = 0u64;
+        let mut prev_hex = false;
+        for &b in hay {
+            if b.is_ascii_digit() {
+                f |= F_DIGIT;
+            } else if let Some(bit) = byte_bit(b) {
+                f |= bit;
+                if b == b':' && prev_hex {
+                    f |= F_HEXCOLON;
+                }
+            }
+            prev_hex = b.is_ascii_hexdigit();
+        }
+        if let Some(ac) = &self.literals {
+            for m in ac.find_overlapping_iter(hay) {
+                f |= self.literal_bits[m.pattern().as_usize()];
+            }
+        }
+        f
+    }
+
+    /// Appends every accepted span of `hay` to `out`, sorted, without
     /// overlaps.
-    pub(crate) fn scan(&self, hay: &[u8], out: &mut Vec<Span>) {
-        let Some(all) = &self.all else { return };
+    pub(crate) fn scan(&self, hay: &[u8], cache: &mut ScanCache, out: &mut Vec<Span>) {
+        if self.groups.is_empty() || hay.is_empty() {
+            return;
+        }
+        let features = self.features(hay);
+        let mut candidates = std::mem::take(&mut cache.candidates);
+        candidates.clear();
+        for (gi, group) in self.groups.iter().enumerate() {
+            let n = group.needs;
+            if (n.any != 0 && features & n.any == 0) || features & n.all != n.all {
+                continue;
+            }
+            self.scan_group(group, &mut cache.groups[gi], hay, &mut candidates);
+        }
+        // Merge: by match start, then detector order; drop overlaps.
+        candidates.sort_by_key(|c| (c.match_start, c.order));
+        let first = out.len();
+        for c in &candidates {
+            let overlaps = out[first..]
+                .iter()
+                .any(|s| s.start < c.span.end && c.span.start < s.end);
+            if !overlaps {
+                out.push(c.span);
+            }
+        }
+        out[first..].sort_by_key(|s| s.start);
+        cache.candidates = candidates;
+    }
+
+    fn scan_group(
+        &self,
+        group: &Group,
+        cache: &mut hybrid::regex::Cache,
+        hay: &[u8],
+        out: &mut Vec<Candidate>,
+    ) {
         let mut pos = 0;
         while pos < hay.len() {
-            let Some(m) = all.search(&Input::new(hay).range(pos..)) else {
-                break;
+            let input = Input::new(hay).range(pos..);
+            let found = match group.dfa.try_search(cache, &input) {
+                Ok(m) => m,
+                Err(_) => group.fallback.search(&input),
             };
-            let (s, e, pid) = (m.start(), m.end(), m.pattern().as_usize());
-            if let Some(span) = self.accept(pid, hay, s, e) {
-                out.push(span);
+            let Some(m) = found else { break };
+            let (s, e) = (m.start(), m.end());
+            let order = group.detectors[m.pattern().as_usize()];
+            if let Some(span) = self.accept(order, hay, s, e) {
+                out.push(Candidate {
+                    span,
+                    match_start: s,
+                    order,
+                });
                 pos = e.max(s + 1);
                 continue;
             }
-            let mut next = None;
-            for (i, d) in self.detectors.iter().enumerate() {
-                if i == pid {
+            // Rejected: another pattern of the group may match at the same
+            // place; try each anchored before moving on.
+            let mut retried = false;
+            for (pid, &other) in group.detectors.iter().enumerate() {
+                if other == order {
                     continue;
                 }
-                let input = Input::new(hay).range(s..).anchored(Anchored::Yes);
-                if let Some(m2) = d.single.search(&input)
-                    && let Some(span) = self.accept(i, hay, s, m2.end())
+                let anchored = Input::new(hay)
+                    .range(s..)
+                    .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
+                let m2 = match group.dfa.try_search(cache, &anchored) {
+                    Ok(m) => m,
+                    Err(_) => group.fallback.search(&anchored),
+                };
+                if let Some(m2) = m2
+                    && let Some(span) = self.accept(other, hay, s, m2.end())
                 {
-                    next = Some((span, m2.end()));
+                    out.push(Candidate {
+                        span,
+                        match_start: s,
+                        order: other,
+                    });
+                    pos = m2.end().max(s + 1);
+                    retried = true;
                     break;
                 }
             }
-            match next {
-                Some((span, end)) => {
-                    out.push(span);
-                    pos = end.max(s + 1);
-                }
-                None => pos = next_char(hay, s),
+            if !retried {
+                pos = next_char(hay, s);
             }
         }
     }
@@ -260,12 +505,14 @@ mod tests {
 
     fn scanner() -> Scanner {
         let rules = rules::parse(crate::RULES_JSON).unwrap();
-        Scanner::new(&rules.detectors, &[true; PiiType::COUNT]).unwrap()
+        Scanner::new(&rules.detectors, &rules.groups, &[true; PiiType::COUNT]).unwrap()
     }
 
     fn found(s: &Scanner, text: &str) -> Vec<(PiiType, String)> {
         let mut out = Vec::new();
-        s.scan(text.as_bytes(), &mut out);
+        let mut cache = s.get_cache();
+        s.scan(text.as_bytes(), &mut cache, &mut out);
+        s.put_cache(cache);
         out.iter()
             .map(|sp| (sp.kind, text[sp.start..sp.end].to_string()))
             .collect()
@@ -350,9 +597,9 @@ mod tests {
         let rules = rules::parse(crate::RULES_JSON).unwrap();
         let mut enabled = [false; PiiType::COUNT];
         enabled[PiiType::Email.index()] = true;
-        let s = Scanner::new(&rules.detectors, &enabled).unwrap();
+        let s = Scanner::new(&rules.detectors, &rules.groups, &enabled).unwrap();
         assert_eq!(found(&s, "a@b.io 123-45-6789").len(), 1);
-        let none = Scanner::new(&rules.detectors, &[false; PiiType::COUNT]).unwrap();
+        let none = Scanner::new(&rules.detectors, &rules.groups, &[false; PiiType::COUNT]).unwrap();
         assert_eq!(found(&none, "a@b.io"), []);
     }
 }

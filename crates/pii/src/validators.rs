@@ -265,7 +265,7 @@ pub(crate) fn phone(s: &[u8]) -> bool {
     let digits = s.iter().filter(|b| b.is_ascii_digit()).count();
     if s.starts_with(b"00") {
         // 00, a country code and a full national number.
-        return (12..=17).contains(&digits);
+        return (11..=17).contains(&digits);
     }
     (8..=15).contains(&digits)
 }
