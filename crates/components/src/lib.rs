@@ -1,1 +1,456 @@
-//! sluice-components
+//! The processors and destinations of a Sluice pipeline, and the loop that
+//! runs records through them.
+//!
+//! A pipeline config goes through three steps here. [`validate_pipeline`]
+//! is pure: it parses the document and compiles everything that can be
+//! wrong (JSON Schemas, regexes, scripts, redact options) without touching
+//! the filesystem or the network, and returns every problem with its JSON
+//! pointer, so an API client fixes its config in one round trip.
+//! [`build_pipeline`] compiles the same things for real, with the tenant's
+//! identity and hash key; the worker caches the result per (pipeline,
+//! config version), so nothing is compiled per batch. Finally
+//! [`CompiledPipeline::process_part`] is the one code path that turns a part
+//! of a stored payload (NDJSON) into output NDJSON plus failed-record
+//! captures. The worker and `sluice run` both call it, so what a user tries
+//! locally is what the server does.
+//!
+//! Processing is synchronous and CPU-bound: parts are independent, so the
+//! caller runs several on blocking threads at once. Each record gets its
+//! stable id (`{batch_id}:{index}:{n}`, R-DEL-1) after the last processor,
+//! which makes the output of a part a pure function of its input — the
+//! property at-least-once delivery relies on (the `dedupe` window is the one
+//! piece of state, and it is built to keep that property on redelivery).
+//!
+//! A record that fails never reaches the output. Its capture holds the
+//! record *as submitted* — re-parsed from the raw line, not the half-edited
+//! value — passed through the default redactor, because captures are
+//! stored and shown to API clients and must not carry personal data
+//! (R-PII-3).
+//!
+//! Components are registered in `registry.rs`, one line each.
+
+mod destinations;
+mod pointer;
+mod processors;
+mod registry;
+mod script_engine;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use sluice_core::{Destination, ErrorCode, Problem, Processor, RecordContext, record_id};
+use uuid::Uuid;
+
+pub use sluice_config::{OnError, PipelineSpec};
+
+/// Captured raw lines that are not JSON are cut to this many bytes.
+const MAX_CAPTURED_RAW_BYTES: usize = 64 * 1024;
+
+/// What building a pipeline needs to know about where it runs.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub tenant_id: Uuid,
+    pub pipeline_id: Uuid,
+    pub pipeline_name: String,
+    pub config_version: i64,
+    /// File destinations write under this directory (nothing may escape
+    /// it, also not via symlinks).
+    pub output_root: PathBuf,
+    /// Tenant-scoped secret for `hash` actions and `ctx.hash`.
+    pub hash_key: Arc<[u8]>,
+}
+
+/// A built processor, with the hook the part loop needs.
+pub(crate) trait Stage: Processor {
+    /// Called on the processing thread at the start of every part.
+    fn begin_part(&self) {}
+}
+
+/// Parse and completely validate a pipeline document without I/O: the
+/// config checks of [`PipelineSpec::parse`], then every JSON Schema,
+/// regex, script and expression (line and column in the message) and the
+/// redact options. Returns every problem, each with its JSON pointer.
+pub fn validate_pipeline(doc: &Value) -> Result<PipelineSpec, Vec<Problem>> {
+    let ctx = BuildContext {
+        tenant_id: Uuid::nil(),
+        pipeline_id: Uuid::nil(),
+        pipeline_name: String::new(),
+        config_version: 0,
+        output_root: PathBuf::from("."),
+        hash_key: Arc::from(&b"sluice-validation-only"[..]),
+    };
+    match PipelineSpec::parse(doc) {
+        Ok(spec) => {
+            let mut problems = Vec::new();
+            for (i, p) in spec.processors.iter().enumerate() {
+                if let Err(mut found) =
+                    registry::build_processor(p, &ctx, &format!("/processors/{i}"))
+                {
+                    problems.append(&mut found);
+                }
+            }
+            if let Some(Err(mut found)) = spec
+                .destination
+                .as_ref()
+                .map(|d| registry::build_destination(d, &ctx.output_root))
+            {
+                problems.append(&mut found);
+            }
+            if problems.is_empty() {
+                Ok(spec)
+            } else {
+                Err(problems)
+            }
+        }
+        Err(mut problems) => {
+            // The document has other problems; still compile every
+            // processor that decoded and has none of its own yet, so the
+            // answer lists everything at once.
+            let items = doc
+                .get("processors")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("/processors/{i}");
+                let prefix = format!("{at}/");
+                if problems
+                    .iter()
+                    .any(|p| p.path == at || p.path.starts_with(&prefix))
+                {
+                    continue;
+                }
+                let Ok(spec) = serde_json::from_value::<sluice_config::ProcessorSpec>(item.clone())
+                else {
+                    continue;
+                };
+                if let Err(mut found) = registry::build_processor(&spec, &ctx, &at) {
+                    problems.append(&mut found);
+                }
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// Build every processor and the destination of a validated spec.
+pub fn build_pipeline(
+    spec: &PipelineSpec,
+    ctx: &BuildContext,
+) -> Result<CompiledPipeline, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut processors = Vec::with_capacity(spec.processors.len());
+    let mut type_names = Vec::with_capacity(spec.processors.len());
+    for (i, p) in spec.processors.iter().enumerate() {
+        match registry::build_processor(p, ctx, &format!("/processors/{i}")) {
+            Ok(built) => {
+                type_names.push(p.type_name());
+                processors.push(built);
+            }
+            Err(mut found) => problems.append(&mut found),
+        }
+    }
+    let destination = match &spec.destination {
+        None => None,
+        Some(d) => match registry::build_destination(d, &ctx.output_root) {
+            Ok(d) => Some(d),
+            Err(mut found) => {
+                problems.append(&mut found);
+                None
+            }
+        },
+    };
+    if spec.id_field.is_empty() {
+        problems.push(Problem::new("/id_field", "must not be empty"));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(CompiledPipeline {
+        tenant_id: ctx.tenant_id,
+        pipeline_id: ctx.pipeline_id,
+        pipeline_name: ctx.pipeline_name.clone(),
+        config_version: ctx.config_version,
+        processors,
+        type_names,
+        destination,
+        on_error: spec.on_error,
+        id_field: spec.id_field.clone(),
+    })
+}
+
+/// A pipeline ready to process parts. `Send + Sync`: share it (in an
+/// `Arc`) between every thread that processes parts of its batches.
+pub struct CompiledPipeline {
+    tenant_id: Uuid,
+    pipeline_id: Uuid,
+    pipeline_name: String,
+    config_version: i64,
+    processors: Vec<Box<dyn Stage>>,
+    type_names: Vec<&'static str>,
+    destination: Option<Arc<dyn Destination>>,
+    on_error: OnError,
+    id_field: String,
+}
+
+impl std::fmt::Debug for CompiledPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPipeline")
+            .field("pipeline_id", &self.pipeline_id)
+            .field("config_version", &self.config_version)
+            .field("processors", &self.type_names)
+            .field(
+                "destination",
+                &self.destination.as_ref().map(|d| d.type_name()),
+            )
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of processing one part.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartOutput {
+    /// Output records, one JSON object per line, each ending in `\n`.
+    pub ndjson: Vec<u8>,
+    /// Input records seen (blank lines are not records).
+    pub records_in: u64,
+    /// Lines in `ndjson`.
+    pub records_out: u64,
+    /// Records that failed, in input order.
+    pub failures: Vec<RecordFailure>,
+}
+
+/// One failed record, as stored in `batch_errors` and printed by `sluice run`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordFailure {
+    /// Position of the record in its batch.
+    pub record_index: u64,
+    /// Index of the processor that failed it; 0 for input errors.
+    pub processor_index: usize,
+    /// That processor's `type`, or `"input"` when the line was not a JSON
+    /// object.
+    pub processor_type: String,
+    pub code: ErrorCode,
+    /// Names paths and rules, never record values.
+    pub message: String,
+    /// The record as submitted, redacted with the default detectors (a
+    /// line that is not JSON is kept as a redacted string).
+    pub record: Value,
+}
+
+/// Why one record failed, before its capture is made.
+struct Failed {
+    processor_index: usize,
+    processor_type: &'static str,
+    code: ErrorCode,
+    message: String,
+}
+
+impl CompiledPipeline {
+    pub fn on_error(&self) -> OnError {
+        self.on_error
+    }
+
+    pub fn destination(&self) -> Option<&Arc<dyn Destination>> {
+        self.destination.as_ref()
+    }
+
+    /// The field each output record's stable id is written to.
+    pub fn id_field(&self) -> &str {
+        &self.id_field
+    }
+
+    /// Run one part of a stored payload through the pipeline.
+    ///
+    /// CPU-bound: call it on a blocking thread; several parts (of one batch
+    /// or of many) may run at once on different threads. `ndjson` holds one
+    /// JSON object per line (`\n`-separated, the last line may lack its
+    /// `\n`); line `k` is batch record `first_index + k`. Blank lines are
+    /// skipped (they still take their index, so that indexes are line
+    /// numbers). Each record runs through every processor in order; every
+    /// output record gets `id_field` = `{batch_id}:{index}:{n}` with `n` its
+    /// position among the outputs of that input record.
+    pub fn process_part(&self, batch_id: Uuid, first_index: u64, ndjson: &[u8]) -> PartOutput {
+        for p in &self.processors {
+            p.begin_part();
+        }
+        let mut out = PartOutput {
+            ndjson: Vec::with_capacity(ndjson.len() + ndjson.len() / 4),
+            ..PartOutput::default()
+        };
+        let mut current: Vec<Value> = Vec::with_capacity(4);
+        let mut next: Vec<Value> = Vec::with_capacity(4);
+        let mut index = first_index;
+        let mut rest = ndjson;
+        while !rest.is_empty() {
+            let (line, after) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = after;
+            let record_index = index;
+            index += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.records_in += 1;
+            let ctx = RecordContext {
+                tenant_id: self.tenant_id,
+                pipeline_id: self.pipeline_id,
+                pipeline_name: &self.pipeline_name,
+                config_version: self.config_version,
+                batch_id,
+                record_index,
+            };
+            let result = self
+                .run_record(line, &ctx, &mut current, &mut next)
+                .and_then(|()| self.write_outputs(&mut current, &ctx, &mut out));
+            if let Err(failed) = result {
+                current.clear();
+                out.failures.push(RecordFailure {
+                    record_index,
+                    processor_index: failed.processor_index,
+                    processor_type: failed.processor_type.to_owned(),
+                    code: failed.code,
+                    message: failed.message,
+                    record: captured_record(line),
+                });
+            }
+        }
+        out
+    }
+
+    /// Parse one line and run it through every processor; the outputs are
+    /// left in `current`.
+    fn run_record(
+        &self,
+        line: &[u8],
+        ctx: &RecordContext<'_>,
+        current: &mut Vec<Value>,
+        next: &mut Vec<Value>,
+    ) -> Result<(), Failed> {
+        let input_error = |code, message: String| Failed {
+            processor_index: 0,
+            processor_type: "input",
+            code,
+            message,
+        };
+        let record: Value = serde_json::from_slice(line)
+            .map_err(|e| input_error(ErrorCode::MalformedBody, format!("invalid JSON: {e}")))?;
+        if !record.is_object() {
+            return Err(input_error(
+                ErrorCode::RecordNotObject,
+                "a record must be a JSON object".to_owned(),
+            ));
+        }
+        current.clear();
+        current.push(record);
+        for (i, p) in self.processors.iter().enumerate() {
+            next.clear();
+            for r in current.drain(..) {
+                if let Err(e) = p.process(r, ctx, next) {
+                    return Err(Failed {
+                        processor_index: i,
+                        processor_type: self.type_names[i],
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+            }
+            if next.iter().any(|r| !r.is_object()) {
+                return Err(Failed {
+                    processor_index: i,
+                    processor_type: self.type_names[i],
+                    code: ErrorCode::RecordNotObject,
+                    message: "the processor emitted a value that is not a JSON object".to_owned(),
+                });
+            }
+            std::mem::swap(current, next);
+            if current.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stamp ids on the outputs in `current` and append them to `out`.
+    fn write_outputs(
+        &self,
+        current: &mut Vec<Value>,
+        ctx: &RecordContext<'_>,
+        out: &mut PartOutput,
+    ) -> Result<(), Failed> {
+        let start = out.ndjson.len();
+        let count = current.len() as u64;
+        for (n, mut r) in current.drain(..).enumerate() {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            if let Value::Object(map) = &mut r {
+                map.insert(
+                    self.id_field.clone(),
+                    Value::String(record_id(&ctx.batch_id, ctx.record_index, n)),
+                );
+            }
+            if let Err(e) = serde_json::to_writer(&mut out.ndjson, &r) {
+                out.ndjson.truncate(start);
+                return Err(Failed {
+                    processor_index: self.processors.len().saturating_sub(1),
+                    processor_type: self.type_names.last().copied().unwrap_or("input"),
+                    code: ErrorCode::InternalError,
+                    message: format!("could not serialize the record: {e}"),
+                });
+            }
+            out.ndjson.push(b'\n');
+        }
+        out.records_out += count;
+        Ok(())
+    }
+}
+
+/// The submitted record for a failure capture, redacted.
+fn captured_record(line: &[u8]) -> Value {
+    let redactor = sluice_pii::default_redactor();
+    match serde_json::from_slice::<Value>(line) {
+        Ok(mut v) => {
+            redactor.redact_record(&mut v);
+            v
+        }
+        Err(_) => {
+            let cut = &line[..line.len().min(MAX_CAPTURED_RAW_BYTES)];
+            let text = String::from_utf8_lossy(cut);
+            Value::String(redactor.redact_text(&text).into_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub(crate) fn build_ctx() -> BuildContext {
+        BuildContext {
+            tenant_id: Uuid::from_u128(1),
+            pipeline_id: Uuid::from_u128(2),
+            pipeline_name: "test".into(),
+            config_version: 1,
+            output_root: PathBuf::from("/nonexistent-sluice-test-root"),
+            hash_key: Arc::from(&b"test tenant key"[..]),
+        }
+    }
+
+    pub(crate) fn ctx(record_index: u64) -> RecordContext<'static> {
+        RecordContext {
+            tenant_id: Uuid::from_u128(1),
+            pipeline_id: Uuid::from_u128(2),
+            pipeline_name: "test",
+            config_version: 1,
+            batch_id: Uuid::from_u128(3),
+            record_index,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

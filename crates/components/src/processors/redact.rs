@@ -1,0 +1,123 @@
+//! `redact`: find and remove personal data and secrets in every record.
+//!
+//! All detection logic lives in `sluice-pii`, which the browser extension's
+//! filter mirrors; this processor only decodes the options, builds one
+//! `Redactor` per config version with the tenant's hash key (so `hash`
+//! pseudonyms are stable per tenant and differ between tenants), and walks
+//! each record in place. Option problems come back from the engine with
+//! pointers relative to the processor, e.g. `/actions/EMAIL`.
+
+use serde_json::Value;
+use sluice_config::RedactSpec;
+use sluice_core::{Problem, ProcessError, Processor, Record, RecordContext};
+use sluice_pii::{RedactConfig, Redactor};
+
+use crate::{BuildContext, Stage};
+
+pub(crate) struct RedactProcessor {
+    redactor: Redactor,
+}
+
+pub(crate) fn build(
+    spec: &RedactSpec,
+    ctx: &BuildContext,
+) -> Result<RedactProcessor, Vec<Problem>> {
+    let config: RedactConfig = serde_json::from_value(Value::Object(spec.options.clone()))
+        .map_err(|e| {
+            let message = e.to_string();
+            let message = match message.find(" at line ") {
+                Some(i) => message[..i].to_owned(),
+                None => message,
+            };
+            vec![Problem::new("", message)]
+        })?;
+    let redactor = Redactor::new(&config, &ctx.hash_key).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| Problem::new(p.pointer, p.message))
+            .collect::<Vec<_>>()
+    })?;
+    Ok(RedactProcessor { redactor })
+}
+
+impl Processor for RedactProcessor {
+    fn type_name(&self) -> &'static str {
+        "redact"
+    }
+
+    fn process(
+        &self,
+        mut record: Record,
+        _ctx: &RecordContext<'_>,
+        out: &mut Vec<Record>,
+    ) -> Result<(), ProcessError> {
+        self.redactor.redact_record(&mut record);
+        out.push(record);
+        Ok(())
+    }
+}
+
+impl Stage for RedactProcessor {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::test_support::{build_ctx, ctx};
+    use serde_json::json;
+
+    fn redact(options: Value) -> Result<RedactProcessor, Vec<Problem>> {
+        let spec: RedactSpec = serde_json::from_value(options).unwrap();
+        build(&spec, &build_ctx())
+    }
+
+    #[test]
+    fn default_options_mask_emails() {
+        let p = redact(json!({})).map_err(|p| format!("{p:?}")).unwrap();
+        let mut out = Vec::new();
+        p.process(
+            json!({"msg": "write to ada@example.com please", "n": 1}),
+            &ctx(0),
+            &mut out,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&out).unwrap();
+        assert!(!text.contains("ada@example.com"), "{text}");
+        assert!(text.contains("[EMAIL]"), "{text}");
+        assert_eq!(out[0]["n"], json!(1));
+    }
+
+    #[test]
+    fn hash_action_is_keyed_by_the_tenant() {
+        let options = json!({"actions": {"EMAIL": "hash"}});
+        let spec: RedactSpec = serde_json::from_value(options).unwrap();
+        let mut other = build_ctx();
+        other.hash_key = std::sync::Arc::from(&b"another tenant"[..]);
+        let a = build(&spec, &build_ctx())
+            .map_err(|p| format!("{p:?}"))
+            .unwrap();
+        let b = build(&spec, &other).map_err(|p| format!("{p:?}")).unwrap();
+        let run = |p: &RedactProcessor| {
+            let mut out = Vec::new();
+            p.process(json!({"m": "ada@example.com"}), &ctx(0), &mut out)
+                .unwrap();
+            out.pop().unwrap()
+        };
+        assert_eq!(run(&a), run(&a), "stable for one tenant");
+        assert_ne!(run(&a), run(&b), "different across tenants");
+        assert!(!run(&a)["m"].as_str().unwrap().contains("ada@"));
+    }
+
+    #[test]
+    fn bad_options_are_problems_with_pointers() {
+        let problems = redact(json!({"actions": {"NOT_A_TYPE": "mask"}}))
+            .err()
+            .unwrap();
+        assert!(
+            problems.iter().any(|p| p.path.starts_with("/actions")),
+            "{problems:?}"
+        );
+        let unknown = redact(json!({"bogus": true})).err().unwrap();
+        assert!(unknown[0].message.contains("bogus"), "{unknown:?}");
+    }
+}

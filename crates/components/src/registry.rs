@@ -1,0 +1,51 @@
+//! The registry: one line per component, an exhaustive `match` on the
+//! config enums.
+//!
+//! Adding a processor or destination variant to `sluice-config` breaks the
+//! build here until it is registered, so nothing can be configured that
+//! cannot be validated and built. Each builder returns every problem it
+//! finds, relative to its own config object; this module re-roots them
+//! under the component's place in the pipeline document.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_config::{DestinationSpec, ProcessorSpec};
+use sluice_core::{Destination, Problem};
+
+use crate::destinations::file;
+use crate::processors::{dedupe, filter, map, redact, script, validate};
+use crate::{BuildContext, Stage};
+
+/// Build one processor; problems are located under `at` (`/processors/3`).
+pub(crate) fn build_processor(
+    spec: &ProcessorSpec,
+    ctx: &BuildContext,
+    at: &str,
+) -> Result<Box<dyn Stage>, Vec<Problem>> {
+    let built: Result<Box<dyn Stage>, Vec<Problem>> = match spec {
+        ProcessorSpec::Validate(s) => validate::build(s).map(|p| Box::new(p) as _),
+        ProcessorSpec::Map(s) => map::build(s, ctx).map(|p| Box::new(p) as _),
+        ProcessorSpec::Filter(s) => filter::build(s, ctx).map(|p| Box::new(p) as _),
+        ProcessorSpec::Redact(s) => redact::build(s, ctx).map(|p| Box::new(p) as _),
+        ProcessorSpec::Script(s) => script::build(s, ctx).map(|p| Box::new(p) as _),
+        ProcessorSpec::Dedupe(s) => dedupe::build(s).map(|p| Box::new(p) as _),
+    };
+    built.map_err(|problems| problems.into_iter().map(|p| p.under(at)).collect())
+}
+
+/// Build the destination; problems are located under `/destination`.
+pub(crate) fn build_destination(
+    spec: &DestinationSpec,
+    output_root: &Path,
+) -> Result<Arc<dyn Destination>, Vec<Problem>> {
+    let built: Result<Arc<dyn Destination>, Vec<Problem>> = match spec {
+        DestinationSpec::File(s) => file::build(s, output_root).map(|d| Arc::new(d) as _),
+    };
+    built.map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| p.under("/destination"))
+            .collect()
+    })
+}
