@@ -1,0 +1,7 @@
+DROP TABLE IF EXISTS audit_events;
+DROP TABLE IF EXISTS batch_errors;
+DROP TABLE IF EXISTS batches;
+DROP TABLE IF EXISTS pipeline_versions;
+DROP TABLE IF EXISTS pipelines;
+DROP TABLE IF EXISTS api_keys;
+DROP TABLE IF EXISTS tenants;
