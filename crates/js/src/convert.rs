@@ -21,6 +21,9 @@
 //! is an ordinary own property and keys that exist on the (frozen)
 //! `Object.prototype` do not collide with it.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
 use rquickjs::object::Property;
 use rquickjs::{Array, Atom, Ctx, Function, Object, Value};
 use serde_json::{Map, Number};
@@ -73,10 +76,14 @@ pub(crate) fn to_js<'js>(
             let object = Object::new(ctx.clone())?;
             for (key, item) in map {
                 let item = to_js(ctx, item, depth + 1)?;
-                object.prop(
-                    key.as_str(),
-                    Property::from(item).writable().enumerable().configurable(),
-                )?;
+                if key == "__proto__" {
+                    object.prop(
+                        key.as_str(),
+                        Property::from(item).writable().enumerable().configurable(),
+                    )?;
+                } else {
+                    object.set(key.as_str(), item)?;
+                }
             }
             object.into_value()
         }
@@ -95,6 +102,80 @@ fn number_to_js<'js>(ctx: &Ctx<'js>, n: &Number) -> Value<'js> {
     }
 }
 
+/// Most property names one engine instance remembers (see [`KeyCache`]).
+const MAX_CACHED_KEYS: usize = 4096;
+
+/// Property names already converted to Rust strings, by QuickJS atom.
+///
+/// Records of one pipeline share their keys, and turning an atom back into a
+/// Rust string (through a C string, a UTF-8 check and a copy) was the
+/// largest single cost of the way back. The atoms are kept alive as keys of
+/// a holder object owned by the engine instance, so an atom number can never
+/// be reused for another name while it is in the map.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    names: HashMap<u32, (String, usize), BuildHasherDefault<AtomIdHasher>>,
+}
+
+/// The key cache with its holder object, for one conversion.
+pub(crate) struct Keys<'c, 'js> {
+    pub(crate) cache: &'c mut KeyCache,
+    pub(crate) holder: Object<'js>,
+}
+
+/// The number QuickJS uses for `atom`. rquickjs hashes an atom as exactly
+/// that number; anything else means the representation changed, and the
+/// cache is not used.
+fn atom_id(atom: &Atom<'_>) -> Option<u32> {
+    let mut probe = IdProbe::default();
+    atom.hash(&mut probe);
+    match probe {
+        IdProbe {
+            id: Some(id),
+            other: false,
+        } => Some(id),
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+struct IdProbe {
+    id: Option<u32>,
+    other: bool,
+}
+
+impl Hasher for IdProbe {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, _: &[u8]) {
+        self.other = true;
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.other |= self.id.is_some();
+        self.id = Some(id);
+    }
+}
+
+/// Multiplicative hash for atom numbers (already well spread integers).
+#[derive(Default)]
+pub(crate) struct AtomIdHasher(u64);
+
+impl Hasher for AtomIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e_37_79_b9_7f_4a_7c_15);
+    }
+}
+
 /// Converts JavaScript values back to JSON, charging every byte of the
 /// would-be JSON text against a budget.
 pub(crate) struct FromJs<'a, 'js> {
@@ -102,6 +183,8 @@ pub(crate) struct FromJs<'a, 'js> {
     /// Objects on the path from the root, to detect cycles.
     path: Vec<Object<'js>>,
     to_well_formed: Option<&'a Function<'js>>,
+    keys: Option<Keys<'a, 'js>>,
+    to_json: Option<Atom<'js>>,
 }
 
 /// What a JavaScript value becomes: JSON, or nothing (left out of objects).
@@ -111,12 +194,27 @@ pub(crate) enum Converted {
 }
 
 impl<'a, 'js> FromJs<'a, 'js> {
-    pub(crate) fn new(max_bytes: usize, to_well_formed: Option<&'a Function<'js>>) -> Self {
+    pub(crate) fn new(max_bytes: usize) -> Self {
         FromJs {
             remaining: max_bytes,
             path: Vec::new(),
-            to_well_formed,
+            to_well_formed: None,
+            keys: None,
+            to_json: None,
         }
+    }
+
+    /// Repairs strings with unpaired surrogates with this
+    /// `String.prototype.toWellFormed`.
+    pub(crate) fn well_formed(mut self, f: Option<&'a Function<'js>>) -> Self {
+        self.to_well_formed = f;
+        self
+    }
+
+    /// Uses (and fills) an engine's key cache.
+    pub(crate) fn key_cache(mut self, keys: Keys<'a, 'js>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     fn charge(&mut self, bytes: usize) -> Result<(), ConvertError> {
@@ -181,7 +279,15 @@ impl<'a, 'js> FromJs<'a, 'js> {
             ));
         }
         if call_to_json {
-            let to_json: Value<'js> = object.get("toJSON")?;
+            let atom = match &self.to_json {
+                Some(atom) => atom.clone(),
+                None => {
+                    let atom = Atom::from_str(object.ctx().clone(), "toJSON")?;
+                    self.to_json = Some(atom.clone());
+                    atom
+                }
+            };
+            let to_json: Value<'js> = object.get(atom)?;
             if let Some(f) = to_json.as_function() {
                 let replaced: Value<'js> =
                     f.call((rquickjs::function::This(object.clone()), ""))?;
@@ -235,15 +341,39 @@ impl<'a, 'js> FromJs<'a, 'js> {
             let key = key?;
             let item: Value<'js> = object.get(key.clone())?;
             if let Converted::Json(v) = self.value(item, true)? {
-                // Not `Atom::to_string`: it trusts QuickJS for valid UTF-8,
-                // which keys with unpaired surrogates are not. `string`
-                // charges the quoted key; the colon and comma come on top.
-                let key = self.string(&key.to_js_string()?)?;
+                let key = self.key_name(key)?;
+                // The colon and the comma.
                 self.charge(2)?;
                 map.insert(key, v);
             }
         }
         Ok(serde_json::Value::Object(map))
+    }
+
+    /// A property name as a Rust string, charged as a JSON string literal.
+    fn key_name(&mut self, key: Atom<'js>) -> Result<String, ConvertError> {
+        let id = atom_id(&key);
+        if let (Some(keys), Some(id)) = (&self.keys, id)
+            && let Some((name, len)) = keys.cache.names.get(&id)
+        {
+            let (name, len) = (name.clone(), *len);
+            self.charge(len)?;
+            return Ok(name);
+        }
+        // Not `Atom::to_string`: it trusts QuickJS for valid UTF-8, which
+        // names with unpaired surrogates are not.
+        let name = self.string(&key.to_js_string()?)?;
+        if let (Some(keys), Some(id)) = (&mut self.keys, id)
+            && keys.cache.names.len() < MAX_CACHED_KEYS
+        {
+            // Holding the atom as a key of the holder keeps its number
+            // reserved for this name.
+            keys.holder.prop(key, Property::from(true))?;
+            keys.cache
+                .names
+                .insert(id, (name.clone(), json_string_len(&name)));
+        }
+        Ok(name)
     }
 
     fn string(&mut self, s: &rquickjs::String<'js>) -> Result<String, ConvertError> {

@@ -15,6 +15,7 @@
 //! is a one-off per thread (well under a millisecond for typical scripts);
 //! records never pay for it.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use rquickjs::context::EvalOptions;
 use rquickjs::context::intrinsic;
 use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value};
 
-use crate::convert::{self, ConvertError, Converted, FromJs};
+use crate::convert::{self, ConvertError, Converted, FromJs, KeyCache, Keys};
 use crate::host::{self, Host};
 use crate::limits::{Budget, Clock};
 use crate::{ScriptError, ScriptKind, ScriptProblem, TransformOutput};
@@ -147,6 +148,8 @@ pub(crate) struct Engine {
     entry: Persistent<Function<'static>>,
     ctx_object: Persistent<Object<'static>>,
     to_well_formed: Option<Persistent<Function<'static>>>,
+    key_holder: Persistent<Object<'static>>,
+    key_cache: RefCell<KeyCache>,
     context: Context,
     runtime: Runtime,
     clock: Rc<Clock>,
@@ -247,14 +250,17 @@ impl Engine {
                 .ok()
                 .and_then(|v| v.as_function().cloned())
                 .map(|f| Persistent::save(&ctx, f));
+            let key_holder = Object::new(ctx.clone())
+                .map_err(|e| fail(format!("cannot start a script engine: {e}")))?;
             Ok((
                 Persistent::save(&ctx, entry),
                 Persistent::save(&ctx, ctx_object),
                 to_well_formed,
+                Persistent::save(&ctx, key_holder),
             ))
         });
         clock.disarm();
-        let (entry, ctx_object, to_well_formed) = started?;
+        let (entry, ctx_object, to_well_formed, key_holder) = started?;
         if runtime.is_job_pending() {
             return Err(StartError::Problems(vec![ScriptProblem {
                 line: 0,
@@ -268,6 +274,8 @@ impl Engine {
             entry,
             ctx_object,
             to_well_formed,
+            key_holder,
+            key_cache: RefCell::new(KeyCache::default()),
             context,
             runtime,
             clock,
@@ -319,11 +327,19 @@ impl Engine {
         self.clock.arm(limit, budget);
         let result = self.context.with(|ctx| {
             let value = self.call(&ctx, record)?;
-            let mut conv = FromJs::new(self.limits.output_bytes(), None);
             let wf = self.well_formed(&ctx);
-            if let Some(wf) = &wf {
-                conv = FromJs::new(self.limits.output_bytes(), Some(wf));
-            }
+            let holder = self
+                .key_holder
+                .clone()
+                .restore(&ctx)
+                .map_err(|e| self.js_failure(&ctx, e))?;
+            let mut cache = self.key_cache.borrow_mut();
+            let mut conv = FromJs::new(self.limits.output_bytes())
+                .well_formed(wf.as_ref())
+                .key_cache(Keys {
+                    cache: &mut cache,
+                    holder,
+                });
             match conv.convert(value) {
                 Ok(Converted::Json(v)) => Ok(v),
                 Ok(Converted::Skip("undefined")) => Ok(serde_json::Value::Null),
@@ -375,7 +391,14 @@ impl Engine {
             return Ok(Vec::new());
         }
         let wf = self.well_formed(ctx);
-        let mut conv = FromJs::new(self.limits.output_bytes(), wf.as_ref());
+        let holder = self.key_holder.clone().restore(ctx)?;
+        let mut cache = self.key_cache.borrow_mut();
+        let mut conv = FromJs::new(self.limits.output_bytes())
+            .well_formed(wf.as_ref())
+            .key_cache(Keys {
+                cache: &mut cache,
+                holder,
+            });
         if let Some(array) = value.as_array() {
             let mut records = Vec::with_capacity(array.len().min(1024));
             for i in 0..array.len() {
@@ -645,7 +668,7 @@ fn describe_exception(value: Value<'_>) -> Described {
     let shown = if let Some(s) = value.as_string() {
         s.to_string().unwrap_or_default()
     } else {
-        let mut conv = FromJs::new(MAX_MESSAGE_BYTES, None);
+        let mut conv = FromJs::new(MAX_MESSAGE_BYTES);
         match conv.convert(value.clone()) {
             Ok(Converted::Json(v)) => v.to_string(),
             _ => format!("a {} value", value.type_name()),

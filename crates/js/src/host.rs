@@ -242,7 +242,7 @@ enum HostError {
 }
 
 fn to_json<'js>(value: Value<'js>, max_bytes: usize) -> Result<serde_json::Value, HostError> {
-    let mut conv = FromJs::new(max_bytes, None);
+    let mut conv = FromJs::new(max_bytes);
     match conv.convert(value) {
         Ok(Converted::Json(v)) => Ok(v),
         Ok(Converted::Skip(what)) => Err(HostError::Message(format!("cannot use {what}"))),

@@ -693,3 +693,80 @@ fn ctx_is_available_to_expressions() {
         json!("orders:9")
     );
 }
+
+// ---- conversion details ----
+
+#[test]
+fn keys_shadowing_object_prototype_round_trip() {
+    let s = script("function transform(r) { r.added = Object.keys(r).length; return r; }");
+    let record = json!({
+        "__proto__": 1, "constructor": "c", "toString": "t", "valueOf": [1],
+        "hasOwnProperty": {"x": 1}, "__defineGetter__": null, "0": "zero", "10": 10, "": "empty"
+    });
+    let out = s.transform(record.clone(), &call()).unwrap();
+    let mut expected = record;
+    expected["added"] = json!(9);
+    assert_eq!(out.records, [expected]);
+}
+
+#[test]
+fn key_cache_stays_correct_across_many_distinct_keys() {
+    // More distinct names than the cache holds, over several records, plus
+    // names built at run time: every record must come back exactly.
+    let s = script(
+        "function transform(r) { const o = {}; for (const k in r) o[k + '!'] = r[k]; return o; }",
+    );
+    for round in 0..3 {
+        let mut record = serde_json::Map::new();
+        for i in 0..3000 {
+            record.insert(format!("k{round}_{i}"), json!(i));
+        }
+        let out = s
+            .transform(serde_json::Value::Object(record.clone()), &call())
+            .unwrap();
+        let expected: serde_json::Map<String, serde_json::Value> = record
+            .into_iter()
+            .map(|(k, v)| (format!("{k}!"), v))
+            .collect();
+        assert_eq!(out.records, [serde_json::Value::Object(expected)]);
+    }
+}
+
+#[test]
+fn one_script_runs_on_many_threads_each_with_its_own_engine() {
+    let s = script("let calls = 0;\nfunction transform(r) { calls++; r.calls = calls; return r; }");
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    let out = s.transform(json!({"t": t, "i": i}), &call()).unwrap();
+                    // `calls` is per engine instance, so per thread.
+                    assert_eq!(out.records, [json!({"t": t, "i": i, "calls": i + 1})]);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Engines of threads that ended were dropped with them; this thread
+    // still starts its own.
+    assert_eq!(
+        s.transform(json!({}), &call()).unwrap().records,
+        [json!({"calls": 1})]
+    );
+}
+
+#[test]
+fn dropped_scripts_release_their_engines_on_the_next_new_script() {
+    for i in 0..(MAX_ENGINES_PER_THREAD + 10) {
+        let s = script(&format!("function transform(r) {{ r.v = {i}; return r; }}"));
+        assert_eq!(
+            s.transform(json!({}), &call()).unwrap().records,
+            [json!({"v": i})]
+        );
+    }
+    let live = SLOTS.with(|slots| slots.borrow().len());
+    assert!(live <= 2, "{live} slots kept for dropped scripts");
+}
