@@ -245,6 +245,24 @@ pub async fn connect(url: &str, migrate: bool) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// Undo the migrations of the database at `url` down to `version` (0
+/// removes the whole schema): `sluice migrate --revert-to N`.
+pub async fn revert_to(url: &str, version: i64) -> Result<()> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::connect(url).await?;
+        let reverted = store.revert_to(version).await;
+        store.close().await;
+        reverted
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = postgres::PgStore::connect(url).await?;
+        let reverted = store.revert_to(version).await;
+        store.close().await;
+        reverted
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
 /// A database URL with any password replaced, safe to log.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -9,7 +9,7 @@
 //! candidates instead of queueing behind them, and no batch is handed out
 //! twice. Transactions run at READ COMMITTED; the few that check and then
 //! write (key rotation, pipeline delete, batch retry) lock the rows they
-//! check. The SQL itself is shared with SQLite: see [`crate::shared`].
+//! check. The SQL itself is shared with SQLite: see `crate::shared`.
 
 use crate::Result;
 use crate::shared::store_impl;

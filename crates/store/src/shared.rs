@@ -7,7 +7,7 @@
 //! writer), and how two timestamps are subtracted. Everything else (table
 //! and column names, `$n` placeholders, `RETURNING`, `ON CONFLICT`,
 //! partial indexes) is common ground. So the trait is implemented once, in
-//! [`store_impl!`], which each backend module expands with its dialect
+//! `store_impl!`, which each backend module expands with its dialect
 //! fragments as string literals; `concat!` splices them in at compile time,
 //! so every statement is still a `&'static str` and values only ever travel
 //! as bound parameters (R-SEC-6). A generic function over `sqlx::Database`
@@ -74,8 +74,9 @@ pub(crate) fn page_by_int<T>(
     items.truncate(limit);
     // The cursor is the key itself, so a page must not end in the middle of
     // a run of equal keys (several errors of one record): drop the partial
-    // run and let the next page start with it whole, unless the run fills
-    // the entire page.
+    // run and let the next page start with it whole. A run that fills the
+    // entire page is cut here; a caller whose keys can repeat must fetch
+    // such a run whole itself (see `list_batch_errors`).
     if items.last().map(&key) == Some(boundary) {
         let keep = items.iter().rposition(|item| key(item) != boundary);
         if let Some(last_other) = keep {
@@ -1145,6 +1146,22 @@ macro_rules! store_impl {
                     .fetch_all(self.read())
                     .await?;
                     let items = rows(all, batch_error_row)?;
+                    let wanted = limit.clamp(1, 10_000) as usize;
+                    if items.len() > wanted && items[0].record_index == items[wanted].record_index {
+                        // One record's errors fill the page and spill over:
+                        // the cursor cannot point inside them, so this page
+                        // holds all of them, whatever the limit.
+                        let index = items[0].record_index;
+                        let all = sqlx::query(concat!(
+                            "SELECT ", batch_error_cols!(), " FROM batch_errors \
+                             WHERE batch_id = $1 AND record_index = $2 ORDER BY id"
+                        ))
+                        .bind(batch_id)
+                        .bind(index)
+                        .fetch_all(self.read())
+                        .await?;
+                        return Ok((rows(all, batch_error_row)?, Some(index)));
+                    }
                     Ok(page_by_int(items, limit, |e| e.record_index))
                 }
 

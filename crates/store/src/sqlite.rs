@@ -17,7 +17,7 @@
 //! An in-memory database (tests, `sqlite::memory:`) has to live on one
 //! connection, so there the reader and the writer are the same pool.
 //!
-//! The SQL itself is shared with PostgreSQL: see [`crate::shared`].
+//! The SQL itself is shared with PostgreSQL: see `crate::shared`.
 
 use crate::shared::{corrupt, store_impl};
 use crate::{Result, StoreError};
@@ -199,6 +199,40 @@ mod tests {
                 .await;
         assert!(write.is_err());
         store.ping().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_processes_on_one_file_both_write() {
+        // The CLI writing while a server runs: separate pools, one file.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let server = SqliteStore::connect(&url).await.unwrap();
+        server.migrate().await.unwrap();
+        let cli = SqliteStore::connect(&url).await.unwrap();
+        let mut tasks = Vec::new();
+        for store in [server.clone(), cli.clone()] {
+            tasks.push(tokio::spawn(async move {
+                for n in 0..40 {
+                    let tenant = store.create_tenant(&format!("t{n}")).await.unwrap();
+                    // A transaction: two rows.
+                    store
+                        .create_pipeline(
+                            tenant.id,
+                            "p",
+                            &serde_json::json!({}),
+                            crate::PipelineStatus::Active,
+                            None,
+                        )
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(server.list_tenants().await.unwrap().len(), 80);
+        assert_eq!(cli.list_tenants().await.unwrap().len(), 80);
     }
 
     #[tokio::test]

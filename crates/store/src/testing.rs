@@ -26,6 +26,9 @@ const STALE_AFTER: Duration = Duration::from_secs(3 * 60 * 60);
 
 const PREFIX: &str = "sluice_test_";
 
+/// Connections per test store made by [`fresh_postgres`].
+const TEST_POOL_SIZE: u32 = 4;
+
 /// `SLUICE_TEST_DATABASE_URL`, when set and not empty.
 pub fn test_database_url() -> Option<String> {
     std::env::var(TEST_DATABASE_URL_VAR)
@@ -74,10 +77,13 @@ pub async fn fresh_postgres_url(base: &str) -> Result<String> {
 
 /// A migrated PostgreSQL store in a new database; returns its URL too, for
 /// [`drop_postgres_database`].
+/// Its pool is small, since many tests share one server.
 pub async fn fresh_postgres(base: &str) -> Result<(Arc<dyn Store>, String)> {
     let url = fresh_postgres_url(base).await?;
-    let store = crate::connect(&url, true).await?;
-    Ok((store, url))
+    let options = PgConnectOptions::from_str(&url).map_err(|_| unsupported(&url))?;
+    let store = crate::postgres::PgStore::connect_with(options, TEST_POOL_SIZE).await?;
+    store.migrate().await?;
+    Ok((Arc::new(store), url))
 }
 
 /// Drop a database made by [`fresh_postgres_url`], closing any connections
