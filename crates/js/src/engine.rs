@@ -373,7 +373,12 @@ impl Engine {
             .clone()
             .restore(ctx)
             .map_err(|e| self.js_failure(ctx, e))?;
-        let record = convert::to_js(ctx, record, 0).map_err(|e| self.convert_failure(ctx, e))?;
+        let record = convert::to_js(ctx, record, 0).map_err(|e| match e {
+            ConvertError::Invalid(why) => {
+                Failure::script(format!("the record cannot be passed to the script: {why}"))
+            }
+            other => self.convert_failure(ctx, other),
+        })?;
         let called = match self.kind {
             ScriptKind::Transform => entry.call((record, ctx_object)),
             ScriptKind::Expression => entry.call((record.clone(), record, ctx_object)),

@@ -61,7 +61,10 @@ pub(crate) fn forbidden_constructs(source: &str) -> Vec<ScriptProblem> {
         let is_key = matches!(tokens.get(i + 1).map(|t| &t.kind), Some(Tok::Punct(":")))
             && i > 0
             && matches!(tokens[i - 1].kind, Tok::Punct("{") | Tok::Punct(","));
-        if after_dot || is_key {
+        // `x instanceof Function` is fine: the stand-in keeps `instanceof`.
+        let instanceof =
+            name == "Function" && i > 0 && matches!(tokens[i - 1].kind, Tok::Ident("instanceof"));
+        if after_dot || is_key || instanceof {
             continue;
         }
         problems.push(ScriptProblem {
@@ -341,6 +344,7 @@ mod tests {
               r.eval = "eval"; r.fetch = 'Function';
               const o = { import: 1, async: 2 };
               const re = /eval|fetch/g;
+              if (r.f instanceof Function) r.f = 1;
               return r?.require ?? `template eval`;
             }"#;
         assert_eq!(found(src), []);

@@ -770,3 +770,25 @@ fn dropped_scripts_release_their_engines_on_the_next_new_script() {
     let live = SLOTS.with(|slots| slots.borrow().len());
     assert!(live <= 2, "{live} slots kept for dropped scripts");
 }
+
+#[test]
+fn records_nested_too_deep_fail_cleanly() {
+    let s = script("function transform(r) { return r; }");
+    let mut deep = json!(1);
+    for _ in 0..300 {
+        deep = json!({ "d": deep });
+    }
+    let e = s.transform(deep, &call()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ScriptError);
+    assert!(e.message.contains("cannot be passed"), "{e}");
+    assert!(s.transform(json!({}), &call()).is_ok());
+}
+
+#[test]
+fn instanceof_function_is_allowed() {
+    let s = script("function transform(r) { return { f: (() => 1) instanceof Function }; }");
+    assert_eq!(
+        s.transform(json!({}), &call()).unwrap().records,
+        [json!({"f": true})]
+    );
+}
