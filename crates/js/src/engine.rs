@@ -161,11 +161,12 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// Starts an engine for `source`: builds the hardened context, runs the
-    /// script's top level (bounded by the chunk budget) and finds its entry.
+    /// script's top level within `startup` of CPU time and finds its entry.
     pub(crate) fn start(
         source: &Source<'_>,
         limits: &crate::ScriptLimits,
         env: &crate::ScriptEnv,
+        startup: Duration,
         validate: bool,
     ) -> Result<Engine, StartError> {
         let fail = |message: String| {
@@ -187,10 +188,7 @@ impl Engine {
         let host = Rc::new(Host::new(env.clone(), limits.max_log_lines));
         let line_offset = source.line_offset();
 
-        clock.arm(
-            Duration::from_millis(limits.chunk_timeout_ms),
-            Budget::Startup,
-        );
+        clock.arm(startup, Budget::Startup);
         let started = context.with(|ctx| -> Result<_, StartError> {
             let finalize: Function = ctx.eval(HARDEN_JS).map_err(|e| {
                 fail(format!(

@@ -208,7 +208,8 @@ impl Script {
             return Err(problems);
         }
         let src = Source { text: source, kind };
-        match Engine::start(&src, &limits, &env, true) {
+        let startup = Duration::from_millis(limits.chunk_timeout_ms);
+        match Engine::start(&src, &limits, &env, startup, true) {
             Ok(engine) => drop(engine),
             Err(StartError::Problems(p)) => problems.extend(p),
             Err(StartError::Failed(f)) => problems.push(ScriptProblem {
@@ -303,30 +304,45 @@ impl Script {
                 "the script engine is busy on this thread (re-entrant call)",
             )));
         };
-        let record_limit = Duration::from_millis(limits.timeout_ms);
-        let (limit, budget) = match chunk_used {
+        let chunk = Duration::from_millis(limits.chunk_timeout_ms);
+        let mut chunk_left = match chunk_used {
             Some(used) => {
-                let chunk = Duration::from_millis(limits.chunk_timeout_ms);
                 let left = chunk.saturating_sub(used);
                 if left.is_zero() {
                     return Err(failed(Failure::chunk_spent(limits)));
                 }
-                if left < record_limit {
-                    (left, Budget::Chunk)
-                } else {
-                    (record_limit, Budget::Record)
-                }
+                Some(left)
             }
-            None => (record_limit, Budget::Record),
+            None => None,
         };
         let mut engine = match engine {
             Some(engine) => engine,
             None => {
+                // Starting an engine runs the script's top level again: in a
+                // chunk it comes out of the chunk's budget, so a script that
+                // keeps hitting limits cannot make every record expensive.
                 let source = Source {
                     text: &inner.source,
                     kind: inner.kind,
                 };
-                match Engine::start(&source, limits, &inner.env, false) {
+                let started = std::time::Instant::now();
+                let outcome = Engine::start(
+                    &source,
+                    limits,
+                    &inner.env,
+                    chunk_left.unwrap_or(chunk),
+                    false,
+                );
+                let spent = started.elapsed();
+                if let Some(left) = &mut chunk_left {
+                    *left = left.saturating_sub(spent);
+                    with_slot(inner, |slot| {
+                        if let Some(used) = &mut slot.chunk_used {
+                            *used += spent;
+                        }
+                    });
+                }
+                match outcome {
                     Ok(engine) => engine,
                     Err(StartError::Failed(f)) => return Err(failed(f)),
                     Err(StartError::Problems(p)) => {
@@ -338,6 +354,19 @@ impl Script {
                     }
                 }
             }
+        };
+        let record_limit = Duration::from_millis(limits.timeout_ms);
+        let (limit, budget) = match chunk_left {
+            Some(left) if left.is_zero() => {
+                with_slot(inner, |slot| {
+                    if slot.engine.is_none() {
+                        slot.engine = Some(engine);
+                    }
+                });
+                return Err(failed(Failure::chunk_spent(limits)));
+            }
+            Some(left) if left < record_limit => (left, Budget::Chunk),
+            _ => (record_limit, Budget::Record),
         };
         let Run { result, used } = call(&mut engine, limit, budget);
         let keep = match &result {

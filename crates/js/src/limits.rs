@@ -33,7 +33,8 @@ pub struct ScriptLimits {
     pub timeout_ms: u64,
     /// CPU time for one chunk of records on one worker, in milliseconds; once
     /// spent, the chunk's remaining records fail with `SCRIPT_TIMEOUT`.
-    /// Also bounds the script's top-level code when an engine starts.
+    /// Also bounds the script's top-level code when an engine starts, and
+    /// engine restarts within a chunk are charged to it.
     /// Default 5000, allowed 1..=600000.
     pub chunk_timeout_ms: u64,
     /// Native stack the script may use (bounds recursion depth), in KiB. Past

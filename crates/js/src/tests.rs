@@ -383,7 +383,13 @@ fn unscanned(src: &str) -> Engine {
         text: src,
         kind: ScriptKind::Transform,
     };
-    match Engine::start(&source, &ScriptLimits::default(), &env(), false) {
+    match Engine::start(
+        &source,
+        &ScriptLimits::default(),
+        &env(),
+        Duration::from_secs(5),
+        false,
+    ) {
         Ok(e) => e,
         Err(_) => panic!("engine should start"),
     }
@@ -791,4 +797,46 @@ fn instanceof_function_is_allowed() {
         s.transform(json!({}), &call()).unwrap().records,
         [json!({"f": true})]
     );
+}
+
+#[test]
+fn engine_restarts_are_charged_to_the_chunk() {
+    // Top-level code that takes a while, and records that time out (so the
+    // engine is rebuilt, re-running the top level, for every record).
+    let limits = ScriptLimits {
+        timeout_ms: 5,
+        chunk_timeout_ms: 200,
+        ..ScriptLimits::default()
+    };
+    let s = Script::compile(
+        "let x = 0; for (let i = 0; i < 300000; i++) x += i;\nfunction transform(r) { for (;;) {} }",
+        ScriptKind::Transform,
+        limits,
+        env(),
+    )
+    .unwrap();
+    s.begin_chunk();
+    let started = std::time::Instant::now();
+    let mut spent_at = None;
+    for i in 0..10_000 {
+        let e = s.transform(json!({}), &call()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ScriptTimeout);
+        if e.message.contains("for this chunk") {
+            spent_at = Some(i);
+            break;
+        }
+    }
+    // Only timed-out records would spend it after 40; the restarts count.
+    assert!(spent_at.is_some_and(|i| i < 32), "{spent_at:?}");
+    // Once spent, records fail without starting anything.
+    let quick = std::time::Instant::now();
+    for _ in 0..100 {
+        assert!(s.transform(json!({}), &call()).is_err());
+    }
+    assert!(
+        quick.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        quick.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
