@@ -346,10 +346,10 @@ impl ServerConfig {
                 problems.push(Problem::new(format!("/limits/{name}"), "must be positive"));
             }
         }
-        if l.max_depth == 0 || l.max_depth > 1024 {
+        if l.max_depth == 0 || l.max_depth > 128 {
             problems.push(Problem::new(
                 "/limits/max_depth",
-                "must be between 1 and 1024",
+                "must be between 1 and 128",
             ));
         }
         let w = &self.worker;

@@ -1,1 +1,160 @@
-//! sluice-server
+//! The Sluice server: the HTTP API, batch ingestion and the workers, glued
+//! to a [`sluice_store::Store`] and payload storage.
+//!
+//! [`start`] is the one way to run it, used by `sluice serve` and by the
+//! black-box tests alike: it opens the database (migrating it), payload
+//! storage and the keyring, binds the listener (port 0 works: the bound
+//! address is returned and logged), and starts the API and/or the
+//! workers as the configured role says. Shutdown (SIGTERM, or
+//! [`RunningServer::shutdown`]) stops accepting, lets in-flight batches
+//! finish within `shutdown_deadline_secs`, then releases their leases.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod ingest;
+pub mod keyring;
+pub mod metrics;
+pub mod payload;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+pub mod worker;
+
+use anyhow::Context;
+use sluice_config::ServerConfig;
+use state::{AppState, Inner};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started server.
+pub struct RunningServer {
+    /// The address the HTTP listener is bound to.
+    pub addr: SocketAddr,
+    pub state: AppState,
+    tasks: Vec<JoinHandle<()>>,
+    hard_stop: CancellationToken,
+}
+
+impl RunningServer {
+    /// Begin a graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.state.shutdown().cancel();
+    }
+
+    /// Wait until the HTTP server and the workers have stopped. After a
+    /// shutdown begins, in-flight batches get the configured deadline.
+    pub async fn wait(self) {
+        let deadline = Duration::from_secs(self.state.config().shutdown_deadline_secs);
+        let shutdown = self.state.shutdown().clone();
+        let hard_stop = self.hard_stop.clone();
+        let timer = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(deadline).await;
+            hard_stop.cancel();
+        });
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a server task ended abnormally");
+            }
+        }
+        timer.abort();
+    }
+}
+
+/// Open everything the config names and build the shared state.
+pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    let store = sluice_store::connect(&url, true)
+        .await
+        .with_context(|| format!("opening database {}", sluice_store::redact_url(&url)))?;
+    let payloads = payload::PayloadStore::open(config.storage.url.as_deref(), &config.data_dir)?;
+    let keyring = keyring::Keyring::load(&config.data_dir)?;
+    Ok(AppState::new(Inner {
+        config,
+        store,
+        payloads,
+        keyring,
+        metrics: metrics::install(),
+        shutdown: CancellationToken::new(),
+        workers_running: AtomicBool::new(false),
+        batch_notify: tokio::sync::Notify::new(),
+    }))
+}
+
+/// Start the server described by `config`.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let role = config.role;
+    let listen = config.listen;
+    let state = build_state(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let hard_stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let app = if role.runs_api() {
+        routes::router(state.clone())
+    } else {
+        routes::operations_router(state.clone())
+    };
+    let shutdown = state.shutdown().clone();
+    tasks.push(tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) = axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "the HTTP server failed");
+        }
+    }));
+    if role.runs_workers() {
+        let (s, h) = (state.clone(), hard_stop.clone());
+        tasks.push(tokio::spawn(worker::run(s, h)));
+    }
+    tracing::info!(addr = %addr, role = ?role, version = env!("CARGO_PKG_VERSION"), "listening");
+    Ok(RunningServer {
+        addr,
+        state,
+        tasks,
+        hard_stop,
+    })
+}
+
+/// Cancel `state.shutdown()` on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals(state: &AppState) {
+    let token = state.shutdown().clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
