@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test against SQLite
+# and the local PostgreSQL (a fresh database per test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export SLUICE_TEST_DATABASE_URL="${SLUICE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# PostgreSQL must answer: the suite fails (never skips) without it.
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null; then
+    echo "PostgreSQL is not answering; starting the local cluster" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    sleep 2
+  fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
