@@ -157,6 +157,14 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_documented() {
+        let doc = include_str!("../../../docs/api-errors.md");
+        for code in ErrorCode::ALL {
+            assert!(doc.contains(&format!("`{}`", code.as_str())), "{code} missing from docs/api-errors.md");
+        }
+    }
+
+    #[test]
     fn statuses_are_http_errors() {
         for code in ErrorCode::ALL {
             assert!((400..600).contains(&code.http_status()), "{code}");
