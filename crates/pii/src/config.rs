@@ -153,6 +153,13 @@ fn parse_pointer(pointer: &str) -> Option<Vec<String>> {
 /// `-`, `.`, spaces and camelCase humps turned into `_`.
 pub(crate) fn normalize_field(name: &str, out: &mut String) {
     out.clear();
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        out.push_str(name);
+        return;
+    }
     let mut prev_lower = false;
     for c in name.chars() {
         if c.is_ascii_uppercase() {

@@ -11,7 +11,6 @@
 //! and replaced in the original encoding.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use hmac::{Hmac, Mac};
@@ -22,8 +21,8 @@ use sha2::Sha256;
 use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, normalize_field};
 use crate::names::PersonFinder;
 use crate::rules::{self, FieldRuleSpec, RulesError};
-use crate::scan::{ScanCache, Scanner, Span};
-use crate::types::PiiType;
+use crate::scan::{F_CAPS2, ScanCache, Scanner, Span};
+use crate::types::{FastMap, FastSet, PiiType};
 
 /// Key of the process-wide default engine. Its pseudonyms are only used in
 /// logs and failed-record captures, never for joins across tenants.
@@ -88,26 +87,26 @@ struct FieldRule {
     kind: PiiType,
     check: Check,
     keep_prefix: Option<Regex>,
-    parents: HashSet<String>,
+    parents: FastSet<String>,
 }
 
 /// Field-name rules from the rules file, indexed for cheap lookups.
 struct FieldRules {
     rules: Vec<FieldRule>,
-    exact: HashMap<String, Vec<usize>>,
-    suffixes: HashMap<String, usize>,
-    prefixes: HashMap<String, usize>,
-    except: HashSet<String>,
+    exact: FastMap<String, Vec<usize>>,
+    suffixes: FastMap<String, usize>,
+    prefixes: FastMap<String, usize>,
+    except: FastSet<String>,
 }
 
 impl FieldRules {
     fn new(specs: &[FieldRuleSpec]) -> Result<FieldRules, RulesError> {
         let mut out = FieldRules {
             rules: Vec::new(),
-            exact: HashMap::new(),
-            suffixes: HashMap::new(),
-            prefixes: HashMap::new(),
-            except: HashSet::new(),
+            exact: FastMap::default(),
+            suffixes: FastMap::default(),
+            prefixes: FastMap::default(),
+            except: FastSet::default(),
         };
         for (index, spec) in specs.iter().enumerate() {
             let err = |message: String| RulesError::FieldRule { index, message };
@@ -195,14 +194,14 @@ pub struct Redactor {
     scanner: Scanner,
     persons: Option<PersonFinder>,
     field_rules: FieldRules,
-    user_fields: HashMap<String, UserField>,
+    user_fields: FastMap<String, UserField>,
     resolved: Resolved,
-    placeholders: HashSet<String>,
+    placeholders: FastSet<String>,
     sibling_name_keys: Vec<String>,
     /// Field names (exact, and suffixes starting with '_') whose values
     /// ignore some types, as a bit mask over [`PiiType::index`].
-    exempt_exact: HashMap<String, u32>,
-    exempt_suffixes: HashMap<String, u32>,
+    exempt_exact: FastMap<String, u32>,
+    exempt_suffixes: FastMap<String, u32>,
     key: Vec<u8>,
     /// Set only when the built-in rules failed to load: every string is
     /// replaced, so a broken build fails closed instead of leaking.
@@ -236,8 +235,8 @@ impl Redactor {
         let field_rules = FieldRules::new(&rules.field_rules).map_err(rules_problem)?;
         let persons = resolved.enabled[PiiType::Person.index()].then(|| PersonFinder::new(&rules.person));
         let user_fields = resolved.fields.iter().cloned().collect();
-        let mut exempt_exact: HashMap<String, u32> = HashMap::new();
-        let mut exempt_suffixes: HashMap<String, u32> = HashMap::new();
+        let mut exempt_exact: FastMap<String, u32> = FastMap::default();
+        let mut exempt_suffixes: FastMap<String, u32> = FastMap::default();
         for (index, spec) in rules.field_exempt.iter().enumerate() {
             let mut mask = 0u32;
             for t in &spec.types {
@@ -277,12 +276,12 @@ impl Redactor {
             persons: None,
             field_rules: FieldRules {
                 rules: Vec::new(),
-                exact: HashMap::new(),
-                suffixes: HashMap::new(),
-                prefixes: HashMap::new(),
-                except: HashSet::new(),
+                exact: FastMap::default(),
+                suffixes: FastMap::default(),
+                prefixes: FastMap::default(),
+                except: FastSet::default(),
             },
-            user_fields: HashMap::new(),
+            user_fields: FastMap::default(),
             resolved: Resolved {
                 enabled: [true; PiiType::COUNT],
                 actions: [Action::Mask; PiiType::COUNT],
@@ -292,10 +291,10 @@ impl Redactor {
                 skip: Vec::new(),
                 field_names: false,
             },
-            placeholders: HashSet::new(),
+            placeholders: FastSet::default(),
             sibling_name_keys: Vec::new(),
-            exempt_exact: HashMap::new(),
-            exempt_suffixes: HashMap::new(),
+            exempt_exact: FastMap::default(),
+            exempt_suffixes: FastMap::default(),
             key: DEFAULT_KEY.to_vec(),
             fail_closed: true,
         }
@@ -567,9 +566,13 @@ impl Redactor {
     fn detect(&self, s: &str, cache: &mut ScanCache) -> Vec<Span> {
         let bytes = s.as_bytes();
         let mut spans = Vec::new();
+        if trivially_clean(bytes) {
+            return spans;
+        }
         if let Some(view) = PercentView::new(bytes) {
-            self.scanner.scan(&view.decoded, cache, &mut spans);
+            let features = self.scanner.scan(&view.decoded, cache, &mut spans);
             if let Some(persons) = &self.persons
+                && features & F_CAPS2 != 0
                 && let Ok(text) = std::str::from_utf8(&view.decoded)
             {
                 let mut found = Vec::new();
@@ -582,8 +585,10 @@ impl Redactor {
                 sp.end = b;
             }
         } else {
-            self.scanner.scan(bytes, cache, &mut spans);
-            if let Some(persons) = &self.persons {
+            let features = self.scanner.scan(bytes, cache, &mut spans);
+            if let Some(persons) = &self.persons
+                && features & F_CAPS2 != 0
+            {
                 let mut found = Vec::new();
                 persons.find(s, &spans, &mut found);
                 merge(&mut spans, found);
@@ -645,6 +650,79 @@ impl Redactor {
         mac.update(normalized.as_bytes());
         let tag = mac.finalize().into_bytes();
         hex::encode(&tag[..8])
+    }
+}
+
+/// Whether no detector can match anywhere in `s`, decided from its shape
+/// alone: very short strings, lower-case hex digests and short numbers,
+/// UUIDs and ISO 8601 timestamps. These are a large share of all string
+/// values, so skipping them matters; the shapes are chosen so that no
+/// pattern of the rules file can match inside them (a detector needs a
+/// word boundary before a digit run, an '@', ':', '+', a space or an
+/// upper-case letter that these shapes do not have).
+fn trivially_clean(s: &[u8]) -> bool {
+    if s.len() < 5 {
+        return true;
+    }
+    let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    if s.iter().all(lower_hex) {
+        // All digits from 9 on may be an SSN, a phone or a card number.
+        return s.len() <= 8 || s.iter().any(|b| !b.is_ascii_digit());
+    }
+    if s.len() == 36 {
+        let uuid = s.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+        if uuid {
+            return true;
+        }
+    }
+    is_iso_timestamp(s)
+}
+
+/// `YYYY-MM-DD[T ]hh:mm[:ss[.frac]][Z|±hh[:]mm]`.
+fn is_iso_timestamp(s: &[u8]) -> bool {
+    let digits = |r: std::ops::Range<usize>| s.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if s.len() < 16
+        || !digits(0..4)
+        || s[4] != b'-'
+        || !digits(5..7)
+        || s[7] != b'-'
+        || !digits(8..10)
+        || !(s[10] == b'T' || s[10] == b' ')
+        || !digits(11..13)
+        || s[13] != b':'
+        || !digits(14..16)
+    {
+        return false;
+    }
+    let mut i = 16;
+    if s.get(i) == Some(&b':') {
+        if !digits(i + 1..i + 3) {
+            return false;
+        }
+        i += 3;
+        if matches!(s.get(i), Some(b'.' | b',')) {
+            i += 1;
+            let start = i;
+            while s.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start {
+                return false;
+            }
+        }
+    }
+    match s.get(i) {
+        None => true,
+        Some(b'Z') => i + 1 == s.len(),
+        Some(b'+' | b'-') => {
+            let rest = &s[i + 1..];
+            (rest.len() == 4 && rest.iter().all(u8::is_ascii_digit))
+                || (rest.len() == 5 && rest[2] == b':' && digits(i + 1..i + 3) && digits(i + 4..i + 6))
+        }
+        _ => false,
     }
 }
 
@@ -893,6 +971,24 @@ mod tests {
         r.redact_record(&mut rec);
         assert_eq!(rec, json!({"a": "[REDACTED]", "b": [1, "[REDACTED]"]}));
         assert_eq!(r.redact_text("hi"), "[REDACTED]");
+    }
+
+    #[test]
+    fn shapes_that_cannot_hold_pii_are_skipped() {
+        for clean in [
+            "abc",
+            "8a0ac984-f71a-4247-a88b-759131db6e32",
+            "79f6ae28652eb6fa7cd62de963a8cc7d2cd0e63b",
+            "12345678",
+            "2024-12-24T20:05:03.376Z",
+            "2024-11-13 17:26:04,320",
+            "2024-11-13T17:26:04+02:00",
+        ] {
+            assert!(trivially_clean(clean.as_bytes()), "{clean}");
+        }
+        for maybe in ["123456789", "4352696285171030", "a@b.io", "2024-11-13T17:26:04 Bob Smith"] {
+            assert!(!trivially_clean(maybe.as_bytes()), "{maybe}");
+        }
     }
 
     #[test]

@@ -10,20 +10,19 @@
 //! frequency files (public domain, see `data/README.md`), folded to ASCII so
 //! "Ibán" finds "Iban"; cue and stop words come from the rules file.
 
-use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use crate::rules::PersonSpec;
 use crate::scan::Span;
-use crate::types::PiiType;
+use crate::types::{FastSet, PiiType};
 
 const FIRST_NAMES: &str = include_str!("../data/first_names.txt");
 const LAST_NAMES: &str = include_str!("../data/last_names.txt");
 
 /// The census name lists, lower-cased ASCII, loaded once per process.
 pub(crate) struct NameLists {
-    first: HashSet<&'static str>,
-    last: HashSet<&'static str>,
+    first: FastSet<&'static str>,
+    last: FastSet<&'static str>,
 }
 
 impl NameLists {
@@ -32,7 +31,7 @@ impl NameLists {
         LISTS.get_or_init(|| {
             // The files are stored capitalised; lower-case once into leaked
             // strings so lookups borrow nothing per call.
-            let lower = |text: &'static str| -> HashSet<&'static str> {
+            let lower = |text: &'static str| -> FastSet<&'static str> {
                 let joined: &'static str = Box::leak(text.to_ascii_lowercase().into_boxed_str());
                 joined
                     .lines()
@@ -59,9 +58,9 @@ impl NameLists {
 /// Compiled person heuristics.
 pub(crate) struct PersonFinder {
     strong_cues: Vec<String>,
-    weak_cues: HashSet<String>,
-    particles: HashSet<String>,
-    stopwords: HashSet<String>,
+    weak_cues: FastSet<String>,
+    particles: FastSet<String>,
+    stopwords: FastSet<String>,
     max_tokens: usize,
     lists: &'static NameLists,
 }
@@ -144,7 +143,7 @@ fn name_shaped(word: &str) -> bool {
 
 impl PersonFinder {
     pub(crate) fn new(spec: &PersonSpec) -> PersonFinder {
-        let lower = |v: &[String]| -> HashSet<String> { v.iter().map(|s| s.to_lowercase()).collect() };
+        let lower = |v: &[String]| -> FastSet<String> { v.iter().map(|s| s.to_lowercase()).collect() };
         let mut strong: Vec<String> = spec.strong_cues.iter().map(|s| s.to_lowercase()).collect();
         // Longest first so "account holder" wins over "holder".
         strong.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -171,6 +170,7 @@ impl PersonFinder {
             return;
         }
         let mut folded = String::new();
+        let mut lower = String::new();
         let mut i = 0;
         while i < tokens.len() {
             if !tokens[i].cap {
@@ -190,7 +190,7 @@ impl PersonFinder {
                 if next.cap {
                     run.push(j + 1);
                     j += 1;
-                } else if self.particles.contains(&text[next.start..next.end].to_lowercase())
+                } else if self.particles.contains(lower_into(&text[next.start..next.end], &mut lower))
                     && j + 2 < tokens.len()
                     && tokens[j + 2].cap
                     && &text[next.end..tokens[j + 2].start] == " "
@@ -201,7 +201,7 @@ impl PersonFinder {
                 }
             }
             let run_end = j + 1;
-            self.judge(text, &tokens, &run, taken, &mut folded, out);
+            self.judge(text, &tokens, &run, taken, &mut folded, &mut lower, out);
             i = run_end;
         }
     }
@@ -213,6 +213,7 @@ impl PersonFinder {
         run: &[usize],
         taken: &[Span],
         folded: &mut String,
+        lower: &mut String,
         out: &mut Vec<Span>,
     ) {
         // Strip leading and trailing stop words; a stripped leading word may
@@ -220,10 +221,10 @@ impl PersonFinder {
         let word = |k: usize| &text[tokens[k].start..tokens[k].end];
         let mut a = 0;
         let mut b = run.len();
-        while a < b && self.stopwords.contains(&word(run[a]).to_lowercase()) {
+        while a < b && self.stopwords.contains(lower_into(word(run[a]), lower)) {
             a += 1;
         }
-        while b > a && self.stopwords.contains(&word(run[b - 1]).to_lowercase()) {
+        while b > a && self.stopwords.contains(lower_into(word(run[b - 1]), lower)) {
             b -= 1;
         }
         let names = &run[a..b];
@@ -236,7 +237,7 @@ impl PersonFinder {
             return;
         }
         let before = &text[..start];
-        let mut cue = self.cue_before(before);
+        let mut cue = self.cue_before(before, lower);
         // "Jane Roe, jane@x.io", "Jane Roe (jane@x.io)", "Jane Roe <...>":
         // a contact detail right after the words vouches for them.
         let rest = &text[end..];
@@ -270,13 +271,12 @@ impl PersonFinder {
         }
     }
 
-    fn cue_before(&self, before: &str) -> Cue {
-        let tail_start = before.len().saturating_sub(40);
-        let mut tail_start = tail_start;
+    fn cue_before(&self, before: &str, lower: &mut String) -> Cue {
+        let mut tail_start = before.len().saturating_sub(40);
         while !before.is_char_boundary(tail_start) {
             tail_start += 1;
         }
-        let tail = before[tail_start..].trim_end().to_lowercase();
+        let tail: &str = lower_into(before[tail_start..].trim_end(), lower);
         if tail.is_empty() {
             return Cue::None;
         }
@@ -308,6 +308,18 @@ enum Cue {
     None,
     Weak,
     Strong,
+}
+
+/// Lower-cases `s` into `buf` (reused, so no allocation per word).
+fn lower_into<'a>(s: &str, buf: &'a mut String) -> &'a str {
+    buf.clear();
+    if s.is_ascii() {
+        buf.push_str(s);
+        buf.make_ascii_lowercase();
+    } else {
+        buf.extend(s.chars().flat_map(char::to_lowercase));
+    }
+    buf.as_str()
 }
 
 /// Splits text into words (letters with inner apostrophes and hyphens).

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, Input as AcInput};
 use regex_automata::hybrid;
 use regex_automata::meta::{BuildError, Regex};
 use regex_automata::util::syntax;
@@ -61,13 +61,13 @@ struct Needs {
     all: u64,
 }
 
-/// Detectors scanned together by one lazy DFA.
+/// Detectors scanned together by one automaton.
 struct Group {
     needs: Needs,
     /// Detector index (file order) of each pattern id.
     detectors: Vec<usize>,
     dfa: hybrid::regex::Regex,
-    /// Same patterns, used if the lazy DFA ever gives up on an input.
+    /// Same patterns, used if an automaton ever gives up on an input.
     fallback: Regex,
 }
 
@@ -94,8 +94,77 @@ const DFA_CACHE_BYTES: usize = 8 << 20;
 
 const F_DIGIT: u64 = 1 << 0;
 const F_HEXCOLON: u64 = 1 << 1;
+/// Two words starting with a capital letter (or a non-ASCII letter) at most
+/// one word apart: the precondition of the person-name heuristics.
+pub(crate) const F_CAPS2: u64 = 1 << 2;
 /// Single-byte literals get bit `8 + byte class index`; see `byte_bit`.
 const FIRST_LITERAL_BIT: u32 = 16;
+
+const CLASS_DIGIT: u16 = 1 << 8;
+const CLASS_HEX: u16 = 1 << 9;
+const CLASS_SEP: u16 = 1 << 10;
+const CLASS_CAP: u16 = 1 << 11;
+
+/// Per byte: the one-byte-literal bit index (low 8 bits, see `byte_bit`)
+/// and character classes.
+const fn byte_table() -> [u16; 256] {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut v: u16 = match b {
+            b'@' => 1,
+            b'=' => 1 << 1,
+            b':' => 1 << 2,
+            b' ' => 1 << 3,
+            b'%' => 1 << 4,
+            b'/' => 1 << 5,
+            b'-' => 1 << 6,
+            b'.' => 1 << 7,
+            _ => 0,
+        };
+        if b.is_ascii_digit() {
+            v |= CLASS_DIGIT;
+        }
+        if b.is_ascii_hexdigit() {
+            v |= CLASS_HEX;
+        }
+        if !b.is_ascii_alphanumeric() && b < 0x80 && b != b'\'' && b != b'-' {
+            v |= CLASS_SEP;
+        }
+        // Upper-case ASCII, or the lead byte of a two-byte UTF-8 letter.
+        if b.is_ascii_uppercase() || (b >= 0xC3 && b <= 0xC5) {
+            v |= CLASS_CAP;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+}
+
+/// Whether two words starting with a capital letter (or a non-ASCII
+/// letter) are at most one word apart.
+fn cap_pair(hay: &[u8]) -> bool {
+    static TABLE: [u16; 256] = byte_table();
+    let mut prev: u16 = CLASS_SEP;
+    // Word starts since the last capitalised word start.
+    let mut since_cap = u32::MAX;
+    for &b in hay {
+        let c = TABLE[b as usize];
+        if prev & CLASS_SEP != 0 && c & CLASS_SEP == 0 {
+            if c & CLASS_CAP != 0 {
+                if since_cap <= 2 {
+                    return true;
+                }
+                since_cap = 1;
+            } else {
+                since_cap = since_cap.saturating_add(1);
+            }
+        }
+        prev = c;
+    }
+    false
+}
 
 /// Feature bit for a one-byte literal need, if it has one.
 fn byte_bit(b: u8) -> Option<u64> {
@@ -254,7 +323,8 @@ impl Scanner {
                 .dfa(
                     hybrid::dfa::Config::new()
                         .cache_capacity(DFA_CACHE_BYTES)
-                        .minimum_cache_clear_count(None),
+                        .minimum_cache_clear_count(None)
+                        .starts_for_each_pattern(true),
                 )
                 .build_many(&texts)
                 .map_err(|e| gerr(e.to_string()))?;
@@ -272,10 +342,23 @@ impl Scanner {
         let literal_bits = (0..literals.len())
             .map(|i| 1u64 << (FIRST_LITERAL_BIT as usize + i))
             .collect();
+        for (i, a) in literals.iter().enumerate() {
+            for (j, b) in literals.iter().enumerate() {
+                if i != j && b.to_ascii_lowercase().contains(&a.to_ascii_lowercase()) {
+                    return Err(RulesError::Detector {
+                        id: "(group needs)".into(),
+                        message: format!("need {a:?} is part of need {b:?}; drop the longer one"),
+                    });
+                }
+            }
+        }
         let literals = if literals.is_empty() {
             None
         } else {
-            Some(AhoCorasick::new(&literals).map_err(|e| RulesError::Detector {
+            let ac = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(&literals);
+            Some(ac.map_err(|e| RulesError::Detector {
                 id: "(group needs)".into(),
                 message: e.to_string(),
             })?)
@@ -307,24 +390,41 @@ impl Scanner {
         }
     }
 
-    /// Which needs `hay` satisfies.
+    /// Which needs `hay` satisfies: one table-driven pass for byte classes,
+    /// then the rarer checks only when their bytes are present.
     fn features(&self, hay: &[u8]) -> u64 {
-        let mut f = 0u64;
-        let mut prev_hex = false;
+        static TABLE: [u16; 256] = byte_table();
+        let mut acc: u16 = 0;
         for &b in hay {
-            if b.is_ascii_digit() {
-                f |= F_DIGIT;
-            } else if let Some(bit) = byte_bit(b) {
-                f |= bit;
-                if b == b':' && prev_hex {
-                    f |= F_HEXCOLON;
-                }
-            }
-            prev_hex = b.is_ascii_hexdigit();
+            acc |= TABLE[b as usize];
+        }
+        let mut f = u64::from(acc & 0xFF) << 8;
+        if acc & CLASS_DIGIT != 0 {
+            f |= F_DIGIT;
+        }
+        let colon = byte_bit(b':').unwrap_or(0);
+        if f & colon != 0
+            && memchr::memchr_iter(b':', hay)
+                .any(|i| i > 0 && hay[i - 1].is_ascii_hexdigit())
+        {
+            f |= F_HEXCOLON;
+        }
+        let space = byte_bit(b' ').unwrap_or(0);
+        if f & space != 0 && acc & CLASS_CAP != 0 && cap_pair(hay) {
+            f |= F_CAPS2;
         }
         if let Some(ac) = &self.literals {
-            for m in ac.find_overlapping_iter(hay) {
+            // Restarting one byte after each match start finds every
+            // occurrence of every literal, given that no literal contains
+            // another (checked when the scanner is built), and keeps the
+            // automaton's fast prefilter, which overlapping search loses.
+            let mut at = 0;
+            while at < hay.len() {
+                let Some(m) = ac.find(AcInput::new(hay).range(at..)) else {
+                    break;
+                };
                 f |= self.literal_bits[m.pattern().as_usize()];
+                at = m.start() + 1;
             }
         }
         f
@@ -332,11 +432,15 @@ impl Scanner {
 
     /// Appends every accepted span of `hay` to `out`, sorted, without
     /// overlaps.
-    pub(crate) fn scan(&self, hay: &[u8], cache: &mut ScanCache, out: &mut Vec<Span>) {
-        if self.groups.is_empty() || hay.is_empty() {
-            return;
+    /// Returns the features of `hay` (see [`F_CAPS2`]).
+    pub(crate) fn scan(&self, hay: &[u8], cache: &mut ScanCache, out: &mut Vec<Span>) -> u64 {
+        if hay.is_empty() {
+            return 0;
         }
         let features = self.features(hay);
+        if self.groups.is_empty() {
+            return features;
+        }
         let mut candidates = std::mem::take(&mut cache.candidates);
         candidates.clear();
         for (gi, group) in self.groups.iter().enumerate() {
@@ -359,6 +463,7 @@ impl Scanner {
         }
         out[first..].sort_by_key(|s| s.start);
         cache.candidates = candidates;
+        features
     }
 
     fn scan_group(
@@ -368,13 +473,16 @@ impl Scanner {
         hay: &[u8],
         out: &mut Vec<Candidate>,
     ) {
+        let search = |cache: &mut hybrid::regex::Cache, input: &Input<'_>| {
+            group
+                .dfa
+                .try_search(cache, input)
+                .unwrap_or_else(|_| group.fallback.search(input))
+        };
         let mut pos = 0;
         while pos < hay.len() {
             let input = Input::new(hay).range(pos..);
-            let found = match group.dfa.try_search(cache, &input) {
-                Ok(m) => m,
-                Err(_) => group.fallback.search(&input),
-            };
+            let found = search(cache, &input);
             let Some(m) = found else { break };
             let (s, e) = (m.start(), m.end());
             let order = group.detectors[m.pattern().as_usize()];
@@ -397,10 +505,7 @@ impl Scanner {
                 let anchored = Input::new(hay)
                     .range(s..)
                     .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
-                let m2 = match group.dfa.try_search(cache, &anchored) {
-                    Ok(m) => m,
-                    Err(_) => group.fallback.search(&anchored),
-                };
+                let m2 = search(cache, &anchored);
                 if let Some(m2) = m2
                     && let Some(span) = self.accept(other, hay, s, m2.end())
                 {

@@ -1,0 +1,57 @@
+//! Redacts NDJSON with the default config: reads records from a file (first
+//! argument) or stdin, writes one redacted record per line to stdout.
+//!
+//! This is the tuning loop of `bench/pii.sh` when the `sluice` binary is not
+//! built: it does exactly the parse, redact and write work of a redact-only
+//! pipeline and nothing else, so its throughput is the engine's ceiling.
+//! Lines that are not JSON objects are passed through `redact_text`.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let input: Box<dyn Read> = match std::env::args().nth(1) {
+        Some(path) if path != "-" => match File::open(&path) {
+            Ok(f) => Box::new(f),
+            Err(error) => {
+                eprintln!("redact_ndjson: cannot open {path}: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => Box::new(io::stdin()),
+    };
+    match run(BufReader::with_capacity(1 << 20, input)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("redact_ndjson: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mut input: impl BufRead) -> io::Result<()> {
+    let redactor = sluice_pii::default_redactor();
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            break;
+        }
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(mut record) => {
+
+                serde_json::to_writer(&mut out, &record)?;
+            }
+            Err(_) => out.write_all(redactor.redact_text(text).as_bytes())?,
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
