@@ -19,3 +19,15 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The OpenAPI document must be valid OpenAPI 3.1 (checked with the
+# reference validator, installed into a cached virtualenv).
+VENV="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}/venv"
+if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "openapi-spec-validator==0.7.*"
+fi
+DOC="$(mktemp --suffix=.json)"
+cargo run -q --locked -p sluice-cli -- openapi > "$DOC"
+"$VENV/bin/openapi-spec-validator" "$DOC"
+rm -f "$DOC"

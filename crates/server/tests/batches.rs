@@ -615,3 +615,42 @@ async fn full_queues_answer_429(b: Backend) {
     .expect(202);
     app.shutdown().await;
 }
+
+/// One million records, gzip-compressed NDJSON, from HTTP to the file
+/// destination: every record exactly once, in parts named by index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_records_arrive_exactly_once() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let id = app
+        .create_pipeline(json!({
+            "name": "million",
+            "processors": [{"type": "map", "ops": [{"op": "remove", "path": "/debug"}]}],
+            "destination": {"type": "file", "path": "m/out.ndjson"}
+        }))
+        .await;
+    let n = 1_000_000u64;
+    let mut body = Vec::with_capacity(40 * n as usize);
+    for i in 0..n {
+        writeln!(body, "{{\"i\":{i},\"debug\":true}}").unwrap();
+    }
+    let r = app
+        .submit(&id, "application/x-ndjson", Some("gzip"), None, gzip(&body))
+        .await
+        .expect(202);
+    assert_eq!(r.data()["record_count"], n);
+    let batch = r.data()["id"].as_str().unwrap().to_owned();
+    let done = app.wait_batch(&id, &batch).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["succeeded_count"], n);
+    let out = app.output_records();
+    assert_eq!(out.len() as u64, n);
+    let mut seen = vec![false; n as usize];
+    for r in &out {
+        let i = r["i"].as_u64().unwrap() as usize;
+        assert!(!seen[i], "record {i} delivered twice");
+        seen[i] = true;
+        assert!(r.get("debug").is_none());
+        assert_eq!(r["_sluice_id"], json!(format!("{batch}:{i}:0")));
+    }
+    app.shutdown().await;
+}

@@ -50,7 +50,7 @@ pub struct AuditQuery {
 }
 
 /// The audit trail, newest first.
-#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
+#[utoipa::path(get, operation_id = "list_audit_events", path = "/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = [AuditView])))]
 pub async fn list(
     State(state): State<AppState>,

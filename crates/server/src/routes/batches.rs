@@ -115,7 +115,7 @@ pub struct ErrorsQuery {
 }
 
 /// Submit a batch: 202 once it is durable.
-#[utoipa::path(post, path = "/pipelines/{pipeline_id}/batches", tag = "batches",
+#[utoipa::path(post, operation_id = "submit_batch", path = "/pipelines/{pipeline_id}/batches", tag = "batches",
     params(("pipeline_id" = Uuid, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays return the original batch"),
         ("Content-Encoding" = Option<String>, Header, description = "gzip or zstd")),
@@ -140,7 +140,7 @@ pub async fn submit(
 }
 
 /// Batch history, newest first.
-#[utoipa::path(get, path = "/pipelines/{pipeline_id}/batches", tag = "batches",
+#[utoipa::path(get, operation_id = "list_batches", path = "/pipelines/{pipeline_id}/batches", tag = "batches",
     params(("pipeline_id" = Uuid, Path), BatchListQuery),
     responses((status = 200, body = [BatchView]), (status = 404)))]
 pub async fn list(
@@ -182,7 +182,7 @@ async fn load_batch(state: &AppState, principal: &Principal, path: &BatchPath) -
 }
 
 /// Batch status and counts.
-#[utoipa::path(get, path = "/pipelines/{pipeline_id}/batches/{batch_id}", tag = "batches",
+#[utoipa::path(get, operation_id = "get_batch", path = "/pipelines/{pipeline_id}/batches/{batch_id}", tag = "batches",
     params(("pipeline_id" = Uuid, Path), ("batch_id" = Uuid, Path)),
     responses((status = 200, body = BatchView), (status = 404)))]
 pub async fn get(
@@ -196,7 +196,7 @@ pub async fn get(
 }
 
 /// Failed records with their errors, by record index.
-#[utoipa::path(get, path = "/pipelines/{pipeline_id}/batches/{batch_id}/errors", tag = "batches",
+#[utoipa::path(get, operation_id = "list_batch_errors", path = "/pipelines/{pipeline_id}/batches/{batch_id}/errors", tag = "batches",
     params(("pipeline_id" = Uuid, Path), ("batch_id" = Uuid, Path), ErrorsQuery),
     responses((status = 200, body = [BatchErrorView]), (status = 404)))]
 pub async fn errors(
@@ -225,7 +225,7 @@ pub async fn errors(
 }
 
 /// Re-run a failed batch.
-#[utoipa::path(post, path = "/pipelines/{pipeline_id}/batches/{batch_id}/retry", tag = "batches",
+#[utoipa::path(post, operation_id = "retry_batch", path = "/pipelines/{pipeline_id}/batches/{batch_id}/retry", tag = "batches",
     params(("pipeline_id" = Uuid, Path), ("batch_id" = Uuid, Path)),
     responses((status = 200, body = BatchView), (status = 404), (status = 409, description = "INVALID_BATCH_STATE: only failed batches")))]
 pub async fn retry(

@@ -89,7 +89,7 @@ pub struct KeyPath {
 }
 
 /// Create a key.
-#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+#[utoipa::path(post, operation_id = "create_key", path = "/keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = CreatedKeyView), (status = 400)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -163,7 +163,7 @@ pub async fn create(
 }
 
 /// List the tenant's keys, newest first.
-#[utoipa::path(get, path = "/keys", tag = "keys", responses((status = 200, body = [KeyView])))]
+#[utoipa::path(get, operation_id = "list_keys", path = "/keys", tag = "keys", responses((status = 200, body = [KeyView])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -173,7 +173,7 @@ pub async fn list(
 }
 
 /// One key.
-#[utoipa::path(get, path = "/keys/{key_id}", tag = "keys", params(("key_id" = Uuid, Path)),
+#[utoipa::path(get, operation_id = "get_key", path = "/keys/{key_id}", tag = "keys", params(("key_id" = Uuid, Path)),
     responses((status = 200, body = KeyView), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -189,7 +189,7 @@ pub async fn get(
 }
 
 /// Revoke a key at once.
-#[utoipa::path(delete, path = "/keys/{key_id}", tag = "keys", params(("key_id" = Uuid, Path)),
+#[utoipa::path(delete, operation_id = "revoke_key", path = "/keys/{key_id}", tag = "keys", params(("key_id" = Uuid, Path)),
     responses((status = 200, body = KeyView), (status = 404), (status = 409, description = "INVALID_KEY_STATE")))]
 pub async fn revoke(
     State(state): State<AppState>,
@@ -216,7 +216,7 @@ pub async fn revoke(
 
 /// Rotate: a new key with the same role; the old one keeps working for a
 /// grace period.
-#[utoipa::path(post, path = "/keys/{key_id}/rotate", tag = "keys", params(("key_id" = Uuid, Path)),
+#[utoipa::path(post, operation_id = "rotate_key", path = "/keys/{key_id}/rotate", tag = "keys", params(("key_id" = Uuid, Path)),
     request_body(content = Option<RotateKey>),
     responses((status = 201, body = CreatedKeyView), (status = 404), (status = 409)))]
 pub async fn rotate(

@@ -185,7 +185,7 @@ fn metrics_of(stats: PipelineStats) -> PipelineMetrics {
 }
 
 /// Create a pipeline.
-#[utoipa::path(post, path = "/pipelines", tag = "pipelines",
+#[utoipa::path(post, operation_id = "create_pipeline", path = "/pipelines", tag = "pipelines",
     request_body(content = Object, description = "Pipeline config (SPEC Appendix A)"),
     responses((status = 201, description = "Created", body = PipelineView),
         (status = 400, description = "VALIDATION_FAILED with every problem")))]
@@ -219,7 +219,7 @@ pub async fn create(
 }
 
 /// List pipelines, newest first.
-#[utoipa::path(get, path = "/pipelines", tag = "pipelines", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_pipelines", path = "/pipelines", tag = "pipelines", params(ListQuery),
     responses((status = 200, description = "A page of pipelines", body = [PipelineView])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -250,7 +250,7 @@ pub async fn list(
 }
 
 /// A pipeline with its current config and metrics.
-#[utoipa::path(get, path = "/pipelines/{pipeline_id}", tag = "pipelines",
+#[utoipa::path(get, operation_id = "get_pipeline", path = "/pipelines/{pipeline_id}", tag = "pipelines",
     params(("pipeline_id" = Uuid, Path)),
     responses((status = 200, body = PipelineView), (status = 404, description = "PIPELINE_NOT_FOUND")))]
 pub async fn get(
@@ -270,7 +270,7 @@ pub async fn get(
 }
 
 /// Replace the config: a new immutable version.
-#[utoipa::path(put, path = "/pipelines/{pipeline_id}", tag = "pipelines",
+#[utoipa::path(put, operation_id = "update_pipeline", path = "/pipelines/{pipeline_id}", tag = "pipelines",
     params(("pipeline_id" = Uuid, Path)),
     request_body(content = Object, description = "Pipeline config (SPEC Appendix A)"),
     responses((status = 200, body = PipelineView), (status = 400), (status = 404)))]
@@ -307,7 +307,7 @@ pub async fn update(
 }
 
 /// Config history, newest first.
-#[utoipa::path(get, path = "/pipelines/{pipeline_id}/versions", tag = "pipelines",
+#[utoipa::path(get, operation_id = "list_pipeline_versions", path = "/pipelines/{pipeline_id}/versions", tag = "pipelines",
     params(("pipeline_id" = Uuid, Path), PageQuery),
     responses((status = 200, body = [VersionView]), (status = 404)))]
 pub async fn versions(
@@ -330,7 +330,7 @@ pub async fn versions(
 }
 
 /// Activate: queued batches are processed, oldest first.
-#[utoipa::path(post, path = "/pipelines/{pipeline_id}/start", tag = "pipelines",
+#[utoipa::path(post, operation_id = "start_pipeline", path = "/pipelines/{pipeline_id}/start", tag = "pipelines",
     params(("pipeline_id" = Uuid, Path)), responses((status = 200, body = PipelineView), (status = 404)))]
 pub async fn start(
     state: State<AppState>,
@@ -342,7 +342,7 @@ pub async fn start(
 }
 
 /// Pause: batches are still accepted and wait.
-#[utoipa::path(post, path = "/pipelines/{pipeline_id}/stop", tag = "pipelines",
+#[utoipa::path(post, operation_id = "stop_pipeline", path = "/pipelines/{pipeline_id}/stop", tag = "pipelines",
     params(("pipeline_id" = Uuid, Path)), responses((status = 200, body = PipelineView), (status = 404)))]
 pub async fn stop(
     state: State<AppState>,
@@ -382,7 +382,7 @@ async fn set_status(
 }
 
 /// Delete; refused with 409 while batches are pending or processing.
-#[utoipa::path(delete, path = "/pipelines/{pipeline_id}", tag = "pipelines",
+#[utoipa::path(delete, operation_id = "delete_pipeline", path = "/pipelines/{pipeline_id}", tag = "pipelines",
     params(("pipeline_id" = Uuid, Path)),
     responses((status = 200, body = DeletedView), (status = 404), (status = 409, description = "PIPELINE_HAS_ACTIVE_BATCHES")))]
 pub async fn delete(

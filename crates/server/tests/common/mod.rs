@@ -253,7 +253,7 @@ impl TestApp {
 
     /// Poll a batch until it leaves pending/processing.
     pub async fn wait_batch(&self, pipeline: &str, batch: &str) -> Value {
-        for _ in 0..1200 {
+        for _ in 0..3000 {
             let r = self
                 .get(&format!("/api/v1/pipelines/{pipeline}/batches/{batch}"))
                 .await
