@@ -453,6 +453,8 @@ impl Redactor {
             }
         }
         match self.redact_free(s, exempt, &mut w.cache) {
+            // Everything in the value was removed: remove the field.
+            Some(n) if n.trim().is_empty() => Outcome::Remove,
             Some(n) => Outcome::Replace(n),
             None => Outcome::Keep,
         }

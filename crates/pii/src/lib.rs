@@ -34,6 +34,21 @@ pub use config::{Action, ConfigProblem, FieldConfig, RedactConfig};
 pub use engine::{Redactor, default_redactor};
 pub use types::PiiType;
 
+/// Compiles one portable pattern of the rules file (with its `flags`) the
+/// way the engine does, for tools and tests that want to run a single
+/// detector's pattern.
+pub fn compile_portable(
+    pattern: &str,
+    flags: &str,
+) -> Result<regex_automata::meta::Regex, String> {
+    let ci = rules::case_insensitive(flags)?;
+    let translated = rules::translate(pattern, ci)?;
+    regex_automata::meta::Regex::builder()
+        .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+        .build(&translated)
+        .map_err(|e| e.to_string())
+}
+
 /// The rules file, embedded so that the engine and its tests always agree
 /// with the file the browser extension ships.
 pub const RULES_JSON: &str = include_str!("../rules/rules.json");
