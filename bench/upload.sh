@@ -24,8 +24,8 @@ KEY=$("$BIN" tenant create bench --json | sed 's/.*"api_key":"\([^"]*\)".*/\1/')
 "$BIN" serve 2> "$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 100); do grep -q '"listening"' "$WORK/server.log" && break; sleep 0.1; done
-ADDR=$(sed -n 's/.*"addr":"\([^"]*\)".*"message":"listening".*/\1/p; s/.*"message":"listening".*"addr":"\([^"]*\)".*/\1/p' "$WORK/server.log" | head -n1)
-BASE="http://$ADDR/api/v1"
+PORT=$(grep '"listening"' "$WORK/server.log" | sed 's/.*"port":\([0-9]*\).*/\1/' | head -n1)
+BASE="http://127.0.0.1:$PORT/api/v1"
 PIPE=$(curl -s -X POST "$BASE/pipelines" -H "X-API-Key: $KEY" -H 'Content-Type: application/json' \
   -d '{"name":"upload","destination":{"type":"file","path":"upload.ndjson"}}' | sed 's/.*"data":{"id":"\([^"]*\)".*/\1/')
 curl -s -X POST "$BASE/pipelines/$PIPE/stop" -H "X-API-Key: $KEY" > /dev/null

@@ -119,7 +119,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         let (s, h) = (state.clone(), hard_stop.clone());
         tasks.push(tokio::spawn(worker::run(s, h)));
     }
-    tracing::info!(addr = %addr, role = ?role, version = env!("CARGO_PKG_VERSION"), "listening");
+    // The port is logged on its own: the log redactor masks IP addresses.
+    tracing::info!(addr = %addr, port = addr.port(), role = ?role, version = env!("CARGO_PKG_VERSION"), "listening");
     Ok(RunningServer {
         addr,
         state,

@@ -5,13 +5,14 @@
 //! may hold personal data or secrets is logged in the first place.
 
 use sluice_config::server::{LogConfig, LogFormat};
+use sluice_pii::log::RedactingMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. Safe to call more than once (later calls
 /// do nothing).
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = std::io::stderr;
+    let writer = RedactingMakeWriter::new(std::io::stderr);
     let result = match config.format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()

@@ -78,7 +78,8 @@ impl Server {
                     && let Ok(v) = serde_json::from_str::<Value>(&line)
                     && v["fields"]["message"] == "listening"
                 {
-                    let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_owned());
+                    let port = v["fields"]["port"].as_u64().unwrap_or_default();
+                    let _ = tx.send(format!("127.0.0.1:{port}"));
                     sent = true;
                 }
             }
