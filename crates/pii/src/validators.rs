@@ -124,10 +124,14 @@ pub(crate) fn card(s: &[u8]) -> bool {
 fn card_context(hay: &[u8], start: usize, end: usize) -> bool {
     let m = &hay[start..end];
     let sep = m.iter().copied().find(|b| !b.is_ascii_digit());
-    let grouped_before = start >= 2
+    // The group before must itself look like a group of four (IBAN and
+    // account numbers are written in fours), not any number ("id 42").
+    let grouped_before = start >= 5
         && (hay[start - 1] == b' ' || hay[start - 1] == b'-')
         && sep.is_none_or(|s| s == hay[start - 1])
-        && hay[start - 2].is_ascii_digit();
+        && hay[start - 5..start - 1].iter().all(u8::is_ascii_alphanumeric)
+        && hay[start - 2].is_ascii_digit()
+        && (start == 5 || !hay[start - 6].is_ascii_alphanumeric());
     let grouped_after = hay.len() > end + 1
         && (hay[end] == b' ' || hay[end] == b'-')
         && sep.is_none_or(|s| s == hay[end])
