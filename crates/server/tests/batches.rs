@@ -139,7 +139,7 @@ async fn ten_thousand_records_with_failures(b: Backend) {
             if i % 1000 == 999 {
                 json!({"n": i, "contact": "jane.doe@example.com", "service": "web"})
             } else {
-                json!({"i": i, "service": "web", "level": "warn"})
+                json!({"i": i, "service": "web", "level": "warn", "debug": false})
             }
         })
         .collect();
@@ -500,7 +500,7 @@ async fn failed_batches_can_be_retried(b: Backend) {
     let mut cfg = reference_pipeline("retry");
     cfg["on_error"] = json!("fail_batch");
     let id = app.create_pipeline(cfg).await;
-    let records = vec![json!({"i": 1}), json!({"x": 2})];
+    let records = vec![events(1, "fine").remove(0), json!({"x": 2, "debug": true})];
     let r = app
         .submit(&id, "application/x-ndjson", None, None, ndjson(&records))
         .await
