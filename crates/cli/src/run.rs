@@ -168,7 +168,7 @@ fn hash_key(master: Option<&str>) -> Arc<[u8]> {
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
@@ -220,7 +220,7 @@ fn run_pipeline(
     let mut next_seq = 0u64;
     let mut any_failed = false;
     let fail_batch = pipeline.on_error() == OnError::FailBatch;
-    'receive: for (seq, output) in done_rx.iter() {
+    for (seq, output) in done_rx.iter() {
         pending.insert(seq, output);
         while let Some(output) = pending.remove(&next_seq) {
             let failed_here = !output.failures.is_empty();
@@ -235,19 +235,20 @@ fn run_pipeline(
             }
             sink.part(next_seq, output)?;
             next_seq += 1;
-            if ticket_tx.send(()).is_err() {
-                break 'receive;
-            }
+            // Lets the reader cut one more part; it may have finished.
+            let _ = ticket_tx.send(());
         }
     }
     sink.finish()?;
     drop(ticket_tx);
-    match reader.join() {
+    let parts_read = match reader.join() {
         Ok(result) => result.context("reading the input")?,
         Err(_) => return Err(anyhow!("the reader thread failed")),
-    }
-    if !pending.is_empty() {
-        return Err(anyhow!("a worker thread stopped before finishing its part"));
+    };
+    if next_seq != parts_read {
+        return Err(anyhow!(
+            "only {next_seq} of {parts_read} parts were processed (a worker thread failed)"
+        ));
     }
     Ok(any_failed)
 }
@@ -257,13 +258,13 @@ fn read_parts(
     mut input: Box<dyn Read + Send>,
     tickets: &Receiver<()>,
     work: &SyncSender<Part>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut seq = 0u64;
     let mut next_index = 0u64;
     let mut carry: Vec<u8> = Vec::new();
     loop {
         if tickets.recv().is_err() {
-            return Ok(());
+            return Ok(seq);
         }
         let mut buf = Vec::with_capacity(carry.len() + PART_BYTES + 4096);
         buf.append(&mut carry);
@@ -282,7 +283,7 @@ fn read_parts(
             // A line longer than a part: keep reading it.
         };
         if buf.is_empty() {
-            return Ok(());
+            return Ok(seq);
         }
         let lines = count_newlines(&buf);
         let part = Part {
@@ -293,10 +294,11 @@ fn read_parts(
         next_index += lines;
         seq += 1;
         if work.send(part).is_err() {
-            return Ok(());
+            // Nobody processes parts any more; the caller reports it.
+            return Ok(seq);
         }
         if eof {
-            return Ok(());
+            return Ok(seq);
         }
     }
 }
