@@ -37,10 +37,7 @@ pub use types::PiiType;
 /// Compiles one portable pattern of the rules file (with its `flags`) the
 /// way the engine does, for tools and tests that want to run a single
 /// detector's pattern.
-pub fn compile_portable(
-    pattern: &str,
-    flags: &str,
-) -> Result<regex_automata::meta::Regex, String> {
+pub fn compile_portable(pattern: &str, flags: &str) -> Result<regex_automata::meta::Regex, String> {
     let ci = rules::case_insensitive(flags)?;
     let translated = rules::translate(pattern, ci)?;
     regex_automata::meta::Regex::builder()

@@ -143,7 +143,8 @@ fn name_shaped(word: &str) -> bool {
 
 impl PersonFinder {
     pub(crate) fn new(spec: &PersonSpec) -> PersonFinder {
-        let lower = |v: &[String]| -> FastSet<String> { v.iter().map(|s| s.to_lowercase()).collect() };
+        let lower =
+            |v: &[String]| -> FastSet<String> { v.iter().map(|s| s.to_lowercase()).collect() };
         let mut strong: Vec<String> = spec.strong_cues.iter().map(|s| s.to_lowercase()).collect();
         // Longest first so "account holder" wins over "holder".
         strong.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -169,8 +170,7 @@ impl PersonFinder {
         if tokens.len() < 2 {
             return;
         }
-        let mut folded = String::new();
-        let mut lower = String::new();
+        let mut bufs = Bufs::default();
         let mut i = 0;
         while i < tokens.len() {
             if !tokens[i].cap {
@@ -190,7 +190,9 @@ impl PersonFinder {
                 if next.cap {
                     run.push(j + 1);
                     j += 1;
-                } else if self.particles.contains(lower_into(&text[next.start..next.end], &mut lower))
+                } else if self
+                    .particles
+                    .contains(lower_into(&text[next.start..next.end], &mut bufs.lower))
                     && j + 2 < tokens.len()
                     && tokens[j + 2].cap
                     && &text[next.end..tokens[j + 2].start] == " "
@@ -201,7 +203,7 @@ impl PersonFinder {
                 }
             }
             let run_end = j + 1;
-            self.judge(text, &tokens, &run, taken, &mut folded, &mut lower, out);
+            self.judge(text, &tokens, &run, taken, &mut bufs, out);
             i = run_end;
         }
     }
@@ -212,10 +214,10 @@ impl PersonFinder {
         tokens: &[Token],
         run: &[usize],
         taken: &[Span],
-        folded: &mut String,
-        lower: &mut String,
+        bufs: &mut Bufs,
         out: &mut Vec<Span>,
     ) {
+        let Bufs { folded, lower } = bufs;
         // Strip leading and trailing stop words; a stripped leading word may
         // itself be the cue ("Customer Alessio Segni").
         let word = |k: usize| &text[tokens[k].start..tokens[k].end];
@@ -243,9 +245,9 @@ impl PersonFinder {
         let rest = &text[end..];
         let skipped = rest.len() - rest.trim_start_matches([' ', ',', '(', '<', ':']).len();
         if skipped <= 3
-            && taken
-                .iter()
-                .any(|s| s.start == end + skipped && matches!(s.kind, PiiType::Email | PiiType::Phone))
+            && taken.iter().any(|s| {
+                s.start == end + skipped && matches!(s.kind, PiiType::Email | PiiType::Phone)
+            })
         {
             cue = Cue::Strong;
         }
@@ -301,6 +303,13 @@ impl PersonFinder {
         }
         Cue::None
     }
+}
+
+/// Reused scratch strings of one `find` call.
+#[derive(Default)]
+struct Bufs {
+    folded: String,
+    lower: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +375,7 @@ fn make_token(text: &str, start: usize, end: usize) -> Token {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn finder() -> PersonFinder {
@@ -377,7 +386,9 @@ mod tests {
     fn people(text: &str) -> Vec<String> {
         let mut out = Vec::new();
         finder().find(text, &[], &mut out);
-        out.iter().map(|s| text[s.start..s.end].to_string()).collect()
+        out.iter()
+            .map(|s| text[s.start..s.end].to_string())
+            .collect()
     }
 
     #[test]
@@ -403,11 +414,23 @@ mod tests {
 
     #[test]
     fn finds_names_by_cue_or_lists() {
-        assert_eq!(people("Customer Alessio Segni (a@b.io) reports"), ["Alessio Segni"]);
-        assert_eq!(people("Agent note: spoke with Diana Carter, verified"), ["Diana Carter"]);
-        assert_eq!(people("Hi, this is Kieran O'Connor. I was charged"), ["Kieran O'Connor"]);
+        assert_eq!(
+            people("Customer Alessio Segni (a@b.io) reports"),
+            ["Alessio Segni"]
+        );
+        assert_eq!(
+            people("Agent note: spoke with Diana Carter, verified"),
+            ["Diana Carter"]
+        );
+        assert_eq!(
+            people("Hi, this is Kieran O'Connor. I was charged"),
+            ["Kieran O'Connor"]
+        );
         assert_eq!(people("Jerry Miller order status"), ["Jerry Miller"]);
-        assert_eq!(people("records for Christopher Williams"), ["Christopher Williams"]);
+        assert_eq!(
+            people("records for Christopher Williams"),
+            ["Christopher Williams"]
+        );
         assert_eq!(people("Thanks, Rotraut Ehlert"), ["Rotraut Ehlert"]);
     }
 

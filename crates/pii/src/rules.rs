@@ -267,12 +267,15 @@ pub(crate) fn case_insensitive(flags: &str) -> Result<bool, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
     fn translates_escapes_to_ascii_semantics() {
-        assert_eq!(translate(r"\b\d+\b", false).unwrap(), r"(?-u:\b)[0-9]+(?-u:\b)");
+        assert_eq!(
+            translate(r"\b\d+\b", false).unwrap(),
+            r"(?-u:\b)[0-9]+(?-u:\b)"
+        );
         assert_eq!(translate(r"[\d.]", false).unwrap(), r"[0-9.]");
         assert_eq!(translate(r"\W", false).unwrap(), r"[^0-9A-Za-z_]");
         assert_eq!(translate(r"a\.b", true).unwrap(), r"(?i:a\.b)");
@@ -282,7 +285,9 @@ mod tests {
 
     #[test]
     fn rejects_non_portable_syntax() {
-        for bad in [r"(?=x)", r"(?<n>x)", r"(?i)x", r"(a)\1", r"\p{L}", r"[abc", r"[\W]"] {
+        for bad in [
+            r"(?=x)", r"(?<n>x)", r"(?i)x", r"(a)\1", r"\p{L}", r"[abc", r"[\W]",
+        ] {
             assert!(translate(bad, false).is_err(), "{bad} should be rejected");
         }
         assert!(case_insensitive("g").is_err());

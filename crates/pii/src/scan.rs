@@ -229,10 +229,10 @@ impl Scanner {
             match need {
                 "#digit" => Ok(F_DIGIT),
                 "#hexcolon" => Ok(F_HEXCOLON),
+                "" => Err("empty need".into()),
                 n if n.starts_with('#') => Err(format!("unknown need {n:?}")),
                 n if n.len() == 1 => byte_bit(n.as_bytes()[0])
                     .ok_or_else(|| format!("one-byte need {n:?} is not supported")),
-                n if n.is_empty() => Err("empty need".into()),
                 n => {
                     let idx = match literals.iter().position(|l| l == n) {
                         Some(i) => i,
@@ -404,8 +404,7 @@ impl Scanner {
         }
         let colon = byte_bit(b':').unwrap_or(0);
         if f & colon != 0
-            && memchr::memchr_iter(b':', hay)
-                .any(|i| i > 0 && hay[i - 1].is_ascii_hexdigit())
+            && memchr::memchr_iter(b':', hay).any(|i| i > 0 && hay[i - 1].is_ascii_hexdigit())
         {
             f |= F_HEXCOLON;
         }
@@ -605,7 +604,7 @@ fn touches_alnum_after(hay: &[u8], i: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn scanner() -> Scanner {
@@ -627,23 +626,67 @@ mod tests {
     fn finds_each_structured_type() {
         let s = scanner();
         let cases: &[(&str, PiiType, &str)] = &[
-            ("mail bob.smith+x@example.co.uk now", PiiType::Email, "bob.smith+x@example.co.uk"),
-            ("card 4539-1488-0343-6467.", PiiType::CreditCard, "4539-1488-0343-6467"),
+            (
+                "mail bob.smith+x@example.co.uk now",
+                PiiType::Email,
+                "bob.smith+x@example.co.uk",
+            ),
+            (
+                "card 4539-1488-0343-6467.",
+                PiiType::CreditCard,
+                "4539-1488-0343-6467",
+            ),
             ("SSN 123-45-6789 on file", PiiType::UsSsn, "123-45-6789"),
             ("ssn=023485892", PiiType::UsSsn, "023485892"),
-            ("IBAN DE89 3704 0044 0532 0130 00 ok", PiiType::Iban, "DE89 3704 0044 0532 0130 00"),
+            (
+                "IBAN DE89 3704 0044 0532 0130 00 ok",
+                PiiType::Iban,
+                "DE89 3704 0044 0532 0130 00",
+            ),
             ("from 191.112.33.56 at", PiiType::Ipv4, "191.112.33.56"),
-            ("ip 2001:db8:85a3::8a2e:370:7334", PiiType::Ipv6, "2001:db8:85a3::8a2e:370:7334"),
+            (
+                "ip 2001:db8:85a3::8a2e:370:7334",
+                PiiType::Ipv6,
+                "2001:db8:85a3::8a2e:370:7334",
+            ),
             ("call +44 7400 120590", PiiType::Phone, "+44 7400 120590"),
             ("call (972) 859-3792", PiiType::Phone, "(972) 859-3792"),
             ("phone 4155552671", PiiType::Phone, "4155552671"),
-            ("key AKIAIOSFODNN7EXAMPLE", PiiType::AwsAccessKey, "AKIAIOSFODNN7EXAMPLE"),
-            ("Authorization: Bearer abcdefghijklmnop1234", PiiType::BearerToken, "abcdefghijklmnop1234"),
-            ("postgres://app:s3cret-pw@db:5432/x", PiiType::Secret, "s3cret-pw"),
-            ("GET /x?api_key=sk_live_abcdefghijklmnop&y=1", PiiType::Secret, "sk_live_abcdefghijklmnop"),
-            ("Authorization: Basic dXNlcjpwYXNzd29yZA==", PiiType::Secret, "dXNlcjpwYXNzd29yZA=="),
-            ("93 Lakeview Drive Apt. 5, Springfield", PiiType::StreetAddress, "93 Lakeview Drive Apt. 5"),
-            ("bei Seidelring 15, Berlin", PiiType::StreetAddress, "Seidelring 15"),
+            (
+                "key AKIAIOSFODNN7EXAMPLE",
+                PiiType::AwsAccessKey,
+                "AKIAIOSFODNN7EXAMPLE",
+            ),
+            (
+                "Authorization: Bearer abcdefghijklmnop1234",
+                PiiType::BearerToken,
+                "abcdefghijklmnop1234",
+            ),
+            (
+                "postgres://app:s3cret-pw@db:5432/x",
+                PiiType::Secret,
+                "s3cret-pw",
+            ),
+            (
+                "GET /x?api_key=sk_live_abcdefghijklmnop&y=1",
+                PiiType::Secret,
+                "sk_live_abcdefghijklmnop",
+            ),
+            (
+                "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+                PiiType::Secret,
+                "dXNlcjpwYXNzd29yZA==",
+            ),
+            (
+                "93 Lakeview Drive Apt. 5, Springfield",
+                PiiType::StreetAddress,
+                "93 Lakeview Drive Apt. 5",
+            ),
+            (
+                "bei Seidelring 15, Berlin",
+                PiiType::StreetAddress,
+                "Seidelring 15",
+            ),
         ];
         for (text, kind, want) in cases {
             let got = found(&s, text);
@@ -658,11 +701,21 @@ mod tests {
     fn jwt_and_private_keys() {
         let s = scanner();
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX2hlcmU";
-        assert_eq!(found(&s, &format!("token {jwt} end")), [(PiiType::Jwt, jwt.to_string())]);
+        assert_eq!(
+            found(&s, &format!("token {jwt} end")),
+            [(PiiType::Jwt, jwt.to_string())]
+        );
         let escaped = "-----BEGIN RSA PRIVATE KEY-----\\nMIIEowIBAAKCAQEA\\nabc+/=\\n-----END RSA PRIVATE KEY-----";
-        assert_eq!(found(&s, escaped), [(PiiType::PrivateKey, escaped.to_string())]);
-        let real = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nkqhkiG9w0=\n-----END PRIVATE KEY-----";
-        assert_eq!(found(&s, &format!("k: {real}")), [(PiiType::PrivateKey, real.to_string())]);
+        assert_eq!(
+            found(&s, escaped),
+            [(PiiType::PrivateKey, escaped.to_string())]
+        );
+        let real =
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nkqhkiG9w0=\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            found(&s, &format!("k: {real}")),
+            [(PiiType::PrivateKey, real.to_string())]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! it: a real `tracing` subscriber (text and JSON formats) writes through
 //! `RedactingMakeWriter` into a buffer, and the buffer is searched for every
 //! canary.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -56,9 +56,24 @@ fn emit_events() {
 }
 
 fn assert_clean(output: &str) {
-    assert!(output.contains("login failed"), "logging produced nothing: {output}");
-    for canary in [EMAIL, CARD, JWT, AWS, PASSWORD, SSN, PHONE, "4539148803436467"] {
-        assert!(!output.contains(canary), "{canary} leaked into logs:\n{output}");
+    assert!(
+        output.contains("login failed"),
+        "logging produced nothing: {output}"
+    );
+    for canary in [
+        EMAIL,
+        CARD,
+        JWT,
+        AWS,
+        PASSWORD,
+        SSN,
+        PHONE,
+        "4539148803436467",
+    ] {
+        assert!(
+            !output.contains(canary),
+            "{canary} leaked into logs:\n{output}"
+        );
     }
 }
 

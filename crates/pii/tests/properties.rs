@@ -1,7 +1,7 @@
 //! Property tests: in mask mode redaction never changes the JSON structure
 //! (same keys, same array lengths, same non-string values), never leaves a
 //! planted value in the output, and is idempotent.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -41,12 +41,15 @@ fn filler() -> impl Strategy<Value = String> {
 }
 
 fn text_with_plant() -> impl Strategy<Value = (String, Option<&'static str>)> {
-    (filler(), prop::option::of(prop::sample::select(PLANTED)), filler()).prop_map(
-        |(a, plant, b)| match plant {
+    (
+        filler(),
+        prop::option::of(prop::sample::select(PLANTED)),
+        filler(),
+    )
+        .prop_map(|(a, plant, b)| match plant {
             Some(p) => (format!("{a} {p} . {b}"), Some(p)),
             None => (format!("{a} {b}"), None),
-        },
-    )
+        })
 }
 
 fn key() -> impl Strategy<Value = String> {
@@ -87,7 +90,8 @@ fn same_shape(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
         }
         _ => a == b,
     }

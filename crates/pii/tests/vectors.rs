@@ -1,6 +1,6 @@
 //! Runs the shared test vectors (`rules/vectors.json`): the same file the
 //! browser extension runs, so both engines agree on every case.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
 use sluice_pii::{RedactConfig, Redactor, VECTORS_JSON};
@@ -29,7 +29,12 @@ fn every_vector_passes() {
             failures.push(format!("{name}:\n  want {}\n  got  {got}", v["expected"]));
         }
     }
-    assert!(failures.is_empty(), "{} vectors failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} vectors failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every pattern of the rules file compiles as a JavaScript `RegExp` (the
@@ -52,8 +57,11 @@ console.log(JSON.stringify(out));
 "#;
     let dir = std::env::temp_dir().join(format!("sluice-pii-js-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (rules_path, vectors_path, script_path) =
-        (dir.join("rules.json"), dir.join("vectors.json"), dir.join("check.js"));
+    let (rules_path, vectors_path, script_path) = (
+        dir.join("rules.json"),
+        dir.join("vectors.json"),
+        dir.join("check.js"),
+    );
     std::fs::write(&rules_path, sluice_pii::RULES_JSON).unwrap();
     std::fs::write(&vectors_path, VECTORS_JSON).unwrap();
     std::fs::write(&script_path, script).unwrap();
@@ -69,7 +77,11 @@ console.log(JSON.stringify(out));
             return;
         }
     };
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let js: Value = serde_json::from_slice(&output.stdout).unwrap();
     // The same search with Rust regex semantics (via the crate's own
     // translation), compared match by match in UTF-16 offsets.
@@ -97,9 +109,17 @@ console.log(JSON.stringify(out));
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize))
+                .map(|p| {
+                    (
+                        p[0].as_u64().unwrap() as usize,
+                        p[1].as_u64().unwrap() as usize,
+                    )
+                })
                 .collect();
-            assert_eq!(rust, want, "detector {id} disagrees with JavaScript on {text:?}");
+            assert_eq!(
+                rust, want,
+                "detector {id} disagrees with JavaScript on {text:?}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
