@@ -38,15 +38,15 @@ RUNNER=example
 if [ -x "$SLUICE" ]; then
   probe="$OUT/probe.jsonl"
   echo '{"email":"probe@example.com"}' > "$probe"
-  if out="$("$SLUICE" run "$CONFIG" --input "$probe" 2>/dev/null)" && [[ "$out" == *'"email"'* && "$out" != *probe@example.com* ]]; then
+  if out="$("$SLUICE" run "$CONFIG" --input "$probe" --threads 1 2>/dev/null)" && [[ "$out" == *'"email"'* && "$out" != *probe@example.com* ]]; then
     RUNNER=sluice
   fi
 fi
 run() { # run INPUT > OUTPUT
-  if [ "$RUNNER" = sluice ]; then "$SLUICE" run "$CONFIG" --input "$1"; else "$EXAMPLE" "$1"; fi
+  if [ "$RUNNER" = sluice ]; then "$SLUICE" run "$CONFIG" --input "$1" --threads 1; else "$EXAMPLE" "$1"; fi
 }
 if [ "$RUNNER" = sluice ]; then
-  echo "runner: sluice run bench/pii/redact.json ($SLUICE)"
+  echo "runner: sluice run bench/pii/redact.json --threads 1 ($SLUICE)"
 else
   echo "runner: example redact_ndjson ($EXAMPLE) -- sluice run not available"
 fi
@@ -90,7 +90,7 @@ best=""
 for _ in 1 2 3; do
   start=$(date +%s.%N)
   if [ "$RUNNER" = sluice ]; then
-    $PIN "$SLUICE" run "$CONFIG" --input "$BIG" > /dev/null
+    $PIN "$SLUICE" run "$CONFIG" --input "$BIG" --threads 1 > /dev/null
   else
     $PIN "$EXAMPLE" "$BIG" > /dev/null
   fi
