@@ -49,7 +49,7 @@ pub use sluice_config::{OnError, PipelineSpec};
 const MAX_CAPTURED_RAW_BYTES: usize = 64 * 1024;
 
 /// What building a pipeline needs to know about where it runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BuildContext {
     pub tenant_id: Uuid,
     pub pipeline_id: Uuid,
@@ -62,6 +62,19 @@ pub struct BuildContext {
     pub hash_key: Arc<[u8]>,
 }
 
+impl std::fmt::Debug for BuildContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("tenant_id", &self.tenant_id)
+            .field("pipeline_id", &self.pipeline_id)
+            .field("pipeline_name", &self.pipeline_name)
+            .field("config_version", &self.config_version)
+            .field("output_root", &self.output_root)
+            .field("hash_key", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A built processor, with the hook the part loop needs.
 pub(crate) trait Stage: Processor {
     /// Called on the processing thread at the start of every part.
@@ -72,6 +85,9 @@ pub(crate) trait Stage: Processor {
 /// config checks of [`PipelineSpec::parse`], then every JSON Schema,
 /// regex, script and expression (line and column in the message) and the
 /// redact options. Returns every problem, each with its JSON pointer.
+///
+/// CPU-bound (compiling a script starts a throwaway engine, a few
+/// milliseconds): call it from a blocking thread, not an async task.
 pub fn validate_pipeline(doc: &Value) -> Result<PipelineSpec, Vec<Problem>> {
     let ctx = BuildContext {
         tenant_id: Uuid::nil(),
@@ -135,7 +151,11 @@ pub fn validate_pipeline(doc: &Value) -> Result<PipelineSpec, Vec<Problem>> {
     }
 }
 
-/// Build every processor and the destination of a validated spec.
+/// Build every processor and the destination of a validated spec. Does
+/// no I/O (the file destination creates its directories when it first
+/// writes or is health-checked) but is CPU-bound like
+/// [`validate_pipeline`]; build once per config version and share the
+/// result.
 pub fn build_pipeline(
     spec: &PipelineSpec,
     ctx: &BuildContext,

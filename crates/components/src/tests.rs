@@ -393,3 +393,11 @@ proptest! {
         prop_assert_eq!(seen, expected);
     }
 }
+
+#[test]
+fn debug_output_never_shows_the_hash_key() {
+    let ctx = build_ctx();
+    let text = format!("{ctx:?}");
+    assert!(text.contains("<redacted>"));
+    assert!(!text.contains("116, 101, 115, 116"), "{text}");
+}
