@@ -22,7 +22,7 @@ use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, no
 use crate::names::PersonFinder;
 use crate::rules::{self, FieldRuleSpec, RulesError};
 use crate::scan::{F_CAPS2, ScanCache, Scanner, Span};
-use crate::types::{FastMap, FastSet, PiiType};
+use crate::types::{FastMap, FastSet, PiiType, contains_token, is_token};
 
 /// Key of the process-wide default engine. Its pseudonyms are only used in
 /// logs and failed-record captures, never for joins across tenants.
@@ -477,6 +477,10 @@ impl Redactor {
         if self.is_placeholder(trimmed) {
             return Some(Outcome::Keep);
         }
+        // Already redacted (partly): judge only what is left, as free text.
+        if contains_token(trimmed) {
+            return None;
+        }
         if !rule.check.holds(trimmed) {
             return None;
         }
@@ -763,20 +767,6 @@ fn partial(value: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Whether `s` is a token this engine writes (`[EMAIL]`,
-/// `[EMAIL:0123456789abcdef]`), so redacting twice changes nothing.
-fn is_token(s: &str) -> bool {
-    let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
-        return false;
-    };
-    let (name, hash) = match inner.split_once(':') {
-        Some((n, h)) => (n, Some(h)),
-        None => (inner, None),
-    };
-    (PiiType::parse(name).is_some() || name == "REDACTED")
-        && hash.is_none_or(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn widen_to_chars(s: &str, mut start: usize, mut end: usize) -> (usize, usize) {

@@ -21,7 +21,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternID};
 
 use crate::rules::{self, DetectorSpec, GroupSpec, RulesError};
-use crate::types::PiiType;
+use crate::types::{PiiType, token_ends_at, token_starts_at};
 use crate::validators::Validator;
 
 /// A detected span, in byte offsets of the scanned haystack.
@@ -539,6 +539,12 @@ impl Scanner {
             return None;
         }
         if d.boundary && (touches_alnum_before(hay, s) || touches_alnum_after(hay, e)) {
+            return None;
+        }
+        // Nothing glued to a token this engine wrote is a new finding: the
+        // text next to it was judged with its original neighbour, and
+        // redacting twice must change nothing.
+        if token_ends_at(hay, s) || token_starts_at(hay, e) {
             return None;
         }
         let (gs, ge) = if d.group == 0 {

@@ -109,6 +109,50 @@ impl fmt::Display for PiiType {
     }
 }
 
+/// Whether `s` is a token this engine writes (`[EMAIL]`,
+/// `[EMAIL:0123456789abcdef]`), so redacting twice changes nothing.
+pub(crate) fn is_token(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
+        return false;
+    };
+    let (name, hash) = match inner.split_once(':') {
+        Some((n, h)) => (n, Some(h)),
+        None => (inner, None),
+    };
+    (PiiType::parse(name).is_some() || name == "REDACTED")
+        && hash.is_none_or(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether `s` contains a token this engine writes anywhere.
+pub(crate) fn contains_token(s: &str) -> bool {
+    let b = s.as_bytes();
+    memchr::memchr_iter(b'[', b).any(|i| token_starts_at(b, i))
+}
+
+/// Whether `hay[..i]` ends with a token this engine writes.
+pub(crate) fn token_ends_at(hay: &[u8], i: usize) -> bool {
+    if i == 0 || hay[i - 1] != b']' {
+        return false;
+    }
+    let from = i.saturating_sub(48);
+    match hay[from..i].iter().rposition(|b| *b == b'[') {
+        Some(p) => std::str::from_utf8(&hay[from + p..i]).is_ok_and(is_token),
+        None => false,
+    }
+}
+
+/// Whether `hay[i..]` starts with a token this engine writes.
+pub(crate) fn token_starts_at(hay: &[u8], i: usize) -> bool {
+    if hay.get(i) != Some(&b'[') {
+        return false;
+    }
+    let to = (i + 48).min(hay.len());
+    match hay[i..to].iter().position(|b| *b == b']') {
+        Some(p) => std::str::from_utf8(&hay[i..=i + p]).is_ok_and(is_token),
+        None => false,
+    }
+}
+
 /// FNV-1a: field names and words are short, and SipHash's DoS resistance
 /// buys nothing for sets built from the rules file, while its cost showed
 /// up in every lookup.
