@@ -358,7 +358,15 @@ impl CompiledPipeline {
             code,
             message,
         };
-        let record: Value = serde_json::from_slice(line)
+        // One UTF-8 check of the whole line is cheaper than serde_json's
+        // check of every string in it.
+        let text = std::str::from_utf8(line).map_err(|e| {
+            input_error(
+                ErrorCode::MalformedBody,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
+        let record: Value = serde_json::from_str(text)
             .map_err(|e| input_error(ErrorCode::MalformedBody, format!("invalid JSON: {e}")))?;
         if !record.is_object() {
             return Err(input_error(

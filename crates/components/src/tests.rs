@@ -249,6 +249,17 @@ fn failures_capture_the_submitted_record_redacted() {
 }
 
 #[test]
+fn invalid_utf8_is_a_malformed_line() {
+    let p = compiled(json!({"name": "u"}));
+    let out = p.process_part(BATCH, 0, b"{\"a\":\"\xff\"}\n{\"a\":1}\n");
+    assert_eq!(out.records_out, 1);
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].code, ErrorCode::MalformedBody);
+    assert!(out.failures[0].message.contains("UTF-8"));
+    assert!(out.failures[0].record.is_string());
+}
+
+#[test]
 fn a_split_record_fails_whole_when_one_output_fails() {
     let p = compiled(json!({
       "name": "s",
