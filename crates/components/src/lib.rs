@@ -437,6 +437,23 @@ impl CompiledPipeline {
     }
 }
 
+/// A problem for an object that serde refused, at `base`, or at the
+/// offending member for an unknown field; without serde's
+/// "at line 1 column 2" suffix.
+pub(crate) fn serde_problem(base: &str, error: &serde_json::Error) -> Problem {
+    let text = error.to_string();
+    let message = match text.find(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let path = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(|field| format!("{base}/{}", sluice_core::pointer_token(field)))
+        .unwrap_or_else(|| base.to_owned());
+    Problem::new(path, message)
+}
+
 /// The submitted record for a failure capture, redacted.
 fn captured_record(line: &[u8]) -> Value {
     let redactor = sluice_pii::default_redactor();

@@ -32,12 +32,8 @@ impl ScriptSetup {
             None => ScriptLimits::default(),
             Some(map) => {
                 let value = Value::Object(map.clone());
-                let decoded: ScriptLimits = serde_json::from_value(value).map_err(|e| {
-                    vec![Problem::new(
-                        "/limits",
-                        clean_message(&e.to_string()).to_owned(),
-                    )]
-                })?;
+                let decoded: ScriptLimits = serde_json::from_value(value)
+                    .map_err(|e| vec![crate::serde_problem("/limits", &e)])?;
                 let problems: Vec<Problem> = decoded
                     .problems()
                     .into_iter()
@@ -85,14 +81,6 @@ impl ScriptSetup {
     pub(crate) fn transform(&self, source: &str) -> Result<Transform, Vec<Problem>> {
         self.compile(source, ScriptKind::Transform)
             .map(|script| Transform { script })
-    }
-}
-
-/// serde_json appends " at line 1 column 2" to value errors; drop it.
-fn clean_message(message: &str) -> &str {
-    match message.find(" at line ") {
-        Some(i) => &message[..i],
-        None => message,
     }
 }
 

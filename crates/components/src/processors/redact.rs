@@ -23,14 +23,7 @@ pub(crate) fn build(
     ctx: &BuildContext,
 ) -> Result<RedactProcessor, Vec<Problem>> {
     let config: RedactConfig = serde_json::from_value(Value::Object(spec.options.clone()))
-        .map_err(|e| {
-            let message = e.to_string();
-            let message = match message.find(" at line ") {
-                Some(i) => message[..i].to_owned(),
-                None => message,
-            };
-            vec![Problem::new("", message)]
-        })?;
+        .map_err(|e| vec![crate::serde_problem("", &e)])?;
     let redactor = Redactor::new(&config, &ctx.hash_key).map_err(|problems| {
         problems
             .into_iter()
@@ -118,6 +111,7 @@ mod tests {
             "{problems:?}"
         );
         let unknown = redact(json!({"bogus": true})).err().unwrap();
+        assert_eq!(unknown[0].path, "/bogus");
         assert!(unknown[0].message.contains("bogus"), "{unknown:?}");
     }
 }

@@ -137,5 +137,15 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(limits[0].path, "/limits/timeout_ms");
+        let unknown = build(
+            &ScriptSpec {
+                source: "function transform(r) { return r; }".into(),
+                limits: Some(serde_json::from_value(json!({"timeout": 5})).unwrap()),
+            },
+            &build_ctx(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(unknown[0].path, "/limits/timeout");
     }
 }

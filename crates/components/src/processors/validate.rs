@@ -37,7 +37,9 @@ pub(crate) fn build(spec: &ValidateSpec) -> Result<ValidateProcessor, Vec<Proble
     match options.build(&spec.schema) {
         Ok(validator) => Ok(ValidateProcessor { validator }),
         Err(error) => {
-            let at = error.schema_path().as_str().to_owned();
+            // The schema is validated as an instance of its meta-schema,
+            // so the instance path is the location inside the user's schema.
+            let at = error.instance_path().as_str().to_owned();
             Err(vec![Problem::new(
                 format!("/schema{at}"),
                 format!("invalid JSON Schema: {}", error.masked()),
@@ -144,10 +146,12 @@ mod tests {
 
     #[test]
     fn invalid_schemas_are_problems_under_schema() {
-        let problems = build(&spec(json!({"type": "nonsense"}), None))
-            .err()
-            .unwrap();
-        assert!(problems[0].path.starts_with("/schema"), "{problems:?}");
+        let schema = json!({"properties": {"a": {"type": "nonsense"}}});
+        let problems = build(&spec(schema, None)).err().unwrap();
+        assert_eq!(
+            problems[0].path, "/schema/properties/a/type",
+            "{problems:?}"
+        );
         assert!(problems[0].message.contains("invalid JSON Schema"));
     }
 
