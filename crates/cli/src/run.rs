@@ -233,7 +233,12 @@ fn run_pipeline(
                 // right after this, which ends it.
                 return Ok(true);
             }
-            sink.part(next_seq, output)?;
+            if !sink.part(next_seq, output)? {
+                // stdout was closed (`sluice run ... | head`): stop quietly;
+                // the process exits right after, ending the other threads.
+                sink.finish()?;
+                return Ok(any_failed);
+            }
             next_seq += 1;
             // Lets the reader cut one more part; it may have finished.
             let _ = ticket_tx.send(());
@@ -367,14 +372,21 @@ impl<'w> Sink<'w> {
         })
     }
 
-    fn part(&mut self, seq: u64, output: PartOutput) -> anyhow::Result<()> {
+    /// Deliver one part; `false` when stdout has been closed.
+    fn part(&mut self, seq: u64, output: PartOutput) -> anyhow::Result<bool> {
         self.failures(&output)?;
         if output.records_out == 0 {
-            return Ok(());
+            return Ok(true);
         }
         if let Some(out) = self.stdout.as_mut() {
-            out.write_all(&output.ndjson)
-                .context("writing records to stdout")?;
+            match out.write_all(&output.ndjson) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    self.stdout = None;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e).context("writing records to stdout"),
+            }
         }
         if let Some((destination, runtime)) = &self.destination {
             let part = OutputPart {
@@ -389,7 +401,7 @@ impl<'w> Sink<'w> {
                 .block_on(destination.write(&part))
                 .map_err(|e| anyhow!("delivering part {seq}: {e}"))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn failures(&mut self, output: &PartOutput) -> anyhow::Result<()> {
@@ -531,6 +543,43 @@ mod tests {
         assert!(!err.contains("ada@example.com"), "{err}");
         assert_eq!(failures[1]["processor_type"], "input");
         assert_eq!(failures[1]["record_index"], 2);
+    }
+
+    struct ClosedPipe;
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_stdout_ends_the_run_quietly() {
+        let spec = validate_pipeline(&serde_json::json!({"name": "t"})).unwrap();
+        let ctx = BuildContext {
+            tenant_id: Uuid::nil(),
+            pipeline_id: Uuid::nil(),
+            pipeline_name: "t".into(),
+            config_version: 1,
+            output_root: PathBuf::from("."),
+            hash_key: hash_key(Some("00")),
+        };
+        let pipeline = Arc::new(build_pipeline(&spec, &ctx).unwrap());
+        let mut err = Vec::new();
+        let failed = run_pipeline(
+            pipeline,
+            Box::new(io::Cursor::new(b"{}\n{}\n".to_vec())),
+            1,
+            Uuid::nil(),
+            &mut ClosedPipe,
+            &mut err,
+        )
+        .unwrap();
+        assert!(!failed);
+        assert!(err.is_empty());
     }
 
     #[test]
