@@ -528,15 +528,26 @@ impl Scanner {
     /// match `hay[s..e]`.
     fn accept(&self, i: usize, hay: &[u8], s: usize, e: usize) -> Option<Span> {
         let d = self.detectors.get(i)?;
-        if let Some(re) = &d.require_before
-            && !re.is_match(&hay[s.saturating_sub(CONTEXT_BYTES)..s])
-        {
-            return None;
-        }
-        if let Some(re) = &d.deny_before
-            && re.is_match(&hay[s.saturating_sub(CONTEXT_BYTES)..s])
-        {
-            return None;
+        if d.require_before.is_some() || d.deny_before.is_some() {
+            // The context window, cut after the last token this engine
+            // wrote: "[PHONE]" is not a phone keyword.
+            let mut from = s.saturating_sub(CONTEXT_BYTES);
+            if let Some(p) = memchr::memrchr(b']', &hay[from..s])
+                && token_ends_at(hay, from + p + 1)
+            {
+                from += p + 1;
+            }
+            let window = &hay[from..s];
+            if let Some(re) = &d.require_before
+                && !re.is_match(window)
+            {
+                return None;
+            }
+            if let Some(re) = &d.deny_before
+                && re.is_match(window)
+            {
+                return None;
+            }
         }
         if d.boundary && (touches_alnum_before(hay, s) || touches_alnum_after(hay, e)) {
             return None;

@@ -40,7 +40,7 @@ impl Validator {
     pub(crate) fn check(self, hay: &[u8], start: usize, end: usize) -> Option<usize> {
         let m = hay.get(start..end)?;
         let ok = match self {
-            Validator::Luhn => card(m) && card_context(hay, start, end),
+            Validator::Luhn => card(m) && card_context(hay, start),
             Validator::Mod97 => return iban_end(m).map(|len| start + len),
             Validator::Ssn => ssn(m),
             Validator::Ipv4 => ipv4(m) && ipv4_context(hay, start, end),
@@ -121,24 +121,29 @@ pub(crate) fn card(s: &[u8]) -> bool {
 
 /// A card number is not one part of a longer run of digit groups (an
 /// account number or reference written in groups of four).
-fn card_context(hay: &[u8], start: usize, end: usize) -> bool {
-    let m = &hay[start..end];
-    let sep = m.iter().copied().find(|b| !b.is_ascii_digit());
-    // The group before must itself look like a group of four (IBAN and
-    // account numbers are written in fours), not any number ("id 42").
-    let grouped_before = start >= 5
-        && (hay[start - 1] == b' ' || hay[start - 1] == b'-')
-        && sep.is_none_or(|s| s == hay[start - 1])
-        && hay[start - 5..start - 1]
-            .iter()
-            .all(u8::is_ascii_alphanumeric)
-        && hay[start - 2].is_ascii_digit()
-        && (start == 5 || !hay[start - 6].is_ascii_alphanumeric());
-    let grouped_after = hay.len() > end + 1
-        && (hay[end] == b' ' || hay[end] == b'-')
-        && sep.is_none_or(|s| s == hay[end])
-        && hay[end + 1].is_ascii_digit();
-    !(grouped_before || grouped_after)
+fn card_context(hay: &[u8], start: usize) -> bool {
+    // Inside an IBAN-like reference ("PL40 0408 6200 8470 6712 4866"):
+    // walking back over groups of four reaches a country code and check
+    // digits.
+    let grouped_before = {
+        let mut i = start;
+        let mut inside = false;
+        while i >= 5 && (hay[i - 1] == b' ' || hay[i - 1] == b'-') {
+            let g = &hay[i - 5..i - 1];
+            if !g.iter().all(u8::is_ascii_alphanumeric)
+                || (i > 5 && hay[i - 6].is_ascii_alphanumeric())
+            {
+                break;
+            }
+            if g[..2].iter().all(u8::is_ascii_uppercase) && g[2..].iter().all(u8::is_ascii_digit) {
+                inside = true;
+                break;
+            }
+            i -= 5;
+        }
+        inside
+    };
+    !grouped_before
 }
 
 /// ISO 13616 mod-97 check of an IBAN written compact or in groups.
