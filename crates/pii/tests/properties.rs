@@ -157,9 +157,9 @@ proptest! {
 #[test]
 fn fuzz_regressions_are_idempotent() {
     for text in [
-        "TT4TT<%a:A::9+11031131\0\0\0\0\0\0\0\0\0\0\010",
+        "TT4TT<%a:A::9+11031131\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0010",
         "    7T%T0 =A::A:8+76+8767+88",
-        "+111107+11\0\0\0\0\0110111108+111101\0\0\0,11111+01111287",
+        "+111107+11\x00\x00\x00\x00\x00110111108+111101\x00\x00\x00,11111+01111287",
     ] {
         let once = default_redactor().redact_text(text).into_owned();
         let twice = default_redactor().redact_text(&once).into_owned();
