@@ -34,7 +34,7 @@ IDLE_KB=$(awk '/VmRSS/ {print $2}' /proc/$SERVER/status)
 START=$(date +%s.%N)
 RESULT=$(for _ in $(seq "$REPEAT"); do cat "$WORK/events.ndjson"; done |
   curl -s -X POST "$BASE/pipelines/$PIPE/batches" -H "X-API-Key: $KEY" \
-    -H 'Content-Type: application/x-ndjson' -H 'Transfer-Encoding: chunked' --data-binary @-)
+    -H 'Content-Type: application/x-ndjson' -T -)
 END=$(date +%s.%N)
 PEAK_KB=$(awk '/VmHWM/ {print $2}' /proc/$SERVER/status)
 echo "$RESULT" | grep -q '"status":"pending"' || { echo "upload failed: $RESULT" >&2; exit 1; }

@@ -1,5 +1,5 @@
 //! The operator commands: `config check`, `migrate`, `tenant`, `openapi`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -3,7 +3,7 @@
 //! every batch that got a 202 is completed and the destination holds each
 //! of its records exactly once; a batch that got no 202 is either wholly
 //! there (it was committed just before the crash) or not at all.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! and two worker processes share one database and one payload store. The
 //! worker holding a batch is killed mid-batch; the other finishes it after
 //! the lease expires, with no duplicates at the destination.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

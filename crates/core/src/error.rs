@@ -160,7 +160,10 @@ mod tests {
     fn every_code_is_documented() {
         let doc = include_str!("../../../docs/api-errors.md");
         for code in ErrorCode::ALL {
-            assert!(doc.contains(&format!("`{}`", code.as_str())), "{code} missing from docs/api-errors.md");
+            assert!(
+                doc.contains(&format!("`{}`", code.as_str())),
+                "{code} missing from docs/api-errors.md"
+            );
         }
     }
 

@@ -180,10 +180,11 @@ pub fn decode_cursor(kind: &str, cursor: &str) -> Result<String, ApiError> {
     }
 }
 
-pub fn decode_uuid_cursor(
+/// A cursor holding a value of type `T` (a UUID or a number).
+fn decode_parsed_cursor<T: std::str::FromStr>(
     kind: &str,
     cursor: Option<&str>,
-) -> Result<Option<uuid::Uuid>, ApiError> {
+) -> Result<Option<T>, ApiError> {
     match cursor {
         None => Ok(None),
         Some(c) => decode_cursor(kind, c)?.parse().map(Some).map_err(|_| {
@@ -195,16 +196,15 @@ pub fn decode_uuid_cursor(
     }
 }
 
+pub fn decode_uuid_cursor(
+    kind: &str,
+    cursor: Option<&str>,
+) -> Result<Option<uuid::Uuid>, ApiError> {
+    decode_parsed_cursor(kind, cursor)
+}
+
 pub fn decode_int_cursor(kind: &str, cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
-    match cursor {
-        None => Ok(None),
-        Some(c) => decode_cursor(kind, c)?.parse().map(Some).map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidCursor,
-                "the cursor is not valid for this listing",
-            )
-        }),
-    }
+    decode_parsed_cursor(kind, cursor)
 }
 
 /// Page size from `?limit=`, 1..=200, default 50.

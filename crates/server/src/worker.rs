@@ -192,14 +192,7 @@ impl Worker {
                 AttemptError::Permanent("the pipeline config version no longer exists".into())
             })?;
         let spec = PipelineSpec::parse(&version.config).map_err(|problems| {
-            AttemptError::Permanent(format!(
-                "the stored config is invalid: {}",
-                problems
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ))
+            AttemptError::Permanent(format!("the stored config is invalid: {}", join(&problems)))
         })?;
         let ctx = BuildContext {
             tenant_id: pipeline.tenant_id,
@@ -215,11 +208,7 @@ impl Worker {
             .map_err(|problems| {
                 AttemptError::Permanent(format!(
                     "the pipeline could not be built: {}",
-                    problems
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    join(&problems)
                 ))
             })?;
         let built = Arc::new(built);
@@ -461,6 +450,14 @@ impl Worker {
             }
         }
     }
+}
+
+fn join(problems: &[sluice_core::Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn kind_label(kind: FailureKind) -> &'static str {

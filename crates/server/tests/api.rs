@@ -1,7 +1,7 @@
 //! Black-box API tests (issue: foundation): every endpoint, status code,
 //! the envelope, pagination, versions, RBAC per role and cross-tenant
 //! isolation, against SQLite and PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

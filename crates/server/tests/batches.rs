@@ -1,7 +1,7 @@
 //! Black-box batch tests (issue: ingestion): records flow from HTTP to the
 //! file destination exactly once, failed records are kept with their
 //! indexes, and every limit and bad body is refused with nothing stored.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -269,7 +269,9 @@ async fn limits_and_malformed_bodies_store_nothing(b: Backend) {
     .await;
     let id = app.create_pipeline(reference_pipeline("limits")).await;
     let nd = "application/x-ndjson";
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
+    // (content type, encoding, body, status, code, what the message names)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             nd,
             None,

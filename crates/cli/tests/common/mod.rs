@@ -1,6 +1,6 @@
 //! Running the real `sluice` binary: start `serve` on port 0, find its
 //! address in the JSON log, kill it with SIGKILL or stop it with SIGTERM.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

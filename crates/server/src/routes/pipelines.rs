@@ -129,9 +129,13 @@ impl From<PipelineVersion> for VersionView {
 }
 
 /// Validate a config document completely (R-API-1) and return it in its
-/// normalized stored form.
-pub fn validated_config(doc: &Value) -> ApiResult<(PipelineSpec, Value)> {
-    let mut spec = sluice_components::validate_pipeline(doc).map_err(ApiError::validation)?;
+/// normalized stored form. Compiling schemas and scripts is CPU work, so
+/// it runs on a blocking thread.
+pub async fn validated_config(doc: Value) -> ApiResult<(PipelineSpec, Value)> {
+    let mut spec = tokio::task::spawn_blocking(move || sluice_components::validate_pipeline(&doc))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::validation)?;
     if spec.destination.is_none() {
         return Err(ApiError::validation(vec![Problem::new(
             "/destination",
@@ -195,7 +199,7 @@ pub async fn create(
     Extension(ClientAddr(client)): Extension<ClientAddr>,
     JsonValue(doc): JsonValue,
 ) -> ApiResult<Envelope<PipelineView>> {
-    let (spec, config) = validated_config(&doc)?;
+    let (spec, config) = validated_config(doc).await?;
     let pipeline = state
         .store()
         .create_pipeline(
@@ -282,7 +286,7 @@ pub async fn update(
     JsonValue(doc): JsonValue,
 ) -> ApiResult<Envelope<PipelineView>> {
     load(&state, &principal, path.pipeline_id).await?;
-    let (spec, config) = validated_config(&doc)?;
+    let (spec, config) = validated_config(doc).await?;
     let pipeline = state
         .store()
         .update_pipeline(

@@ -1,7 +1,7 @@
 //! Black-box test harness: a real server on port 0 with a fresh database
 //! (SQLite in a temp dir, or a fresh PostgreSQL database when the test
 //! runs against `SLUICE_TEST_DATABASE_URL`) and a fresh data directory.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -71,9 +71,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..ServerConfig::default()
+    };
     config.worker.poll_interval_ms = 50;
     config.worker.lease_secs = 10;
     config.shutdown_deadline_secs = 5;
