@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use aho_corasick::{AhoCorasick, Input as AcInput};
+use aho_corasick::AhoCorasick;
 use regex_automata::hybrid;
 use regex_automata::meta::{BuildError, Regex};
 use regex_automata::util::syntax;
@@ -41,12 +41,32 @@ struct Candidate {
     order: usize,
 }
 
+/// A context pattern: a lazy DFA (its cache lives in [`ScanCache`]) and the
+/// same pattern as a fallback.
+struct Context {
+    dfa: hybrid::regex::Regex,
+    fallback: Regex,
+}
+
+impl Context {
+    fn is_match(&self, cache: &mut hybrid::regex::Cache, window: &[u8]) -> bool {
+        match self
+            .dfa
+            .try_search(cache, &Input::new(window).earliest(true))
+        {
+            Ok(m) => m.is_some(),
+            Err(_) => self.fallback.is_match(window),
+        }
+    }
+}
+
 struct Detector {
     kind: PiiType,
     group: usize,
     validator: Option<Validator>,
-    require_before: Option<Regex>,
-    deny_before: Option<Regex>,
+    /// Indexes into `Scanner::contexts`.
+    require_before: Option<usize>,
+    deny_before: Option<usize>,
     boundary: bool,
     /// The pattern alone, for capture groups.
     single: Regex,
@@ -74,12 +94,14 @@ struct Group {
 /// Lazy DFA caches for every group; one per thread at a time, pooled.
 pub(crate) struct ScanCache {
     groups: Vec<hybrid::regex::Cache>,
+    contexts: Vec<hybrid::regex::Cache>,
     candidates: Vec<Candidate>,
 }
 
 /// All enabled pattern detectors, compiled.
 pub(crate) struct Scanner {
     detectors: Vec<Detector>,
+    contexts: Vec<Context>,
     groups: Vec<Group>,
     literals: Option<AhoCorasick>,
     /// Feature bit of each literal of `literals`.
@@ -192,7 +214,7 @@ fn build(pattern: &str) -> Result<Regex, Box<BuildError>> {
 fn compile_context(
     spec: &DetectorSpec,
     pattern: Option<&String>,
-) -> Result<Option<Regex>, RulesError> {
+) -> Result<Option<Context>, RulesError> {
     let err = |message: String| RulesError::Detector {
         id: spec.id.clone(),
         message,
@@ -200,9 +222,13 @@ fn compile_context(
     let Some(p) = pattern else { return Ok(None) };
     let ci = rules::case_insensitive(&spec.flags_context).map_err(err)?;
     let t = rules::translate(p, ci).map_err(err)?;
-    build(&t)
-        .map(Some)
-        .map_err(|e| err(format!("context pattern: {e}")))
+    let fallback = build(&t).map_err(|e| err(format!("context pattern: {e}")))?;
+    let dfa = hybrid::regex::Regex::builder()
+        .syntax(syntax::Config::new().utf8(false))
+        .dfa(hybrid::dfa::Config::new().minimum_cache_clear_count(None))
+        .build(&t)
+        .map_err(|e| err(format!("context pattern: {e}")))?;
+    Ok(Some(Context { dfa, fallback }))
 }
 
 impl Scanner {
@@ -210,6 +236,7 @@ impl Scanner {
     pub(crate) fn empty() -> Scanner {
         Scanner {
             detectors: Vec::new(),
+            contexts: Vec::new(),
             groups: Vec::new(),
             literals: None,
             literal_bits: Vec::new(),
@@ -267,6 +294,7 @@ impl Scanner {
             group_needs.push(needs);
         }
         let mut detectors = Vec::new();
+        let mut contexts: Vec<Context> = Vec::new();
         let mut group_patterns: Vec<Vec<(usize, String)>> = vec![Vec::new(); group_names.len()];
         for spec in specs {
             let err = |message: String| RulesError::Detector {
@@ -298,6 +326,14 @@ impl Scanner {
                 continue;
             }
             group_patterns[group].push((detectors.len(), translated));
+            let mut add = |c: Option<Context>| {
+                c.map(|c| {
+                    contexts.push(c);
+                    contexts.len() - 1
+                })
+            };
+            let require_before = add(require_before);
+            let deny_before = add(deny_before);
             detectors.push(Detector {
                 kind,
                 group: spec.group_index,
@@ -342,16 +378,6 @@ impl Scanner {
         let literal_bits = (0..literals.len())
             .map(|i| 1u64 << (FIRST_LITERAL_BIT as usize + i))
             .collect();
-        for (i, a) in literals.iter().enumerate() {
-            for (j, b) in literals.iter().enumerate() {
-                if i != j && b.to_ascii_lowercase().contains(&a.to_ascii_lowercase()) {
-                    return Err(RulesError::Detector {
-                        id: "(group needs)".into(),
-                        message: format!("need {a:?} is part of need {b:?}; drop the longer one"),
-                    });
-                }
-            }
-        }
         let literals = if literals.is_empty() {
             None
         } else {
@@ -365,6 +391,7 @@ impl Scanner {
         };
         Ok(Scanner {
             detectors,
+            contexts,
             groups,
             literals,
             literal_bits,
@@ -378,6 +405,7 @@ impl Scanner {
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         pooled.unwrap_or_else(|| ScanCache {
             groups: self.groups.iter().map(|g| g.dfa.create_cache()).collect(),
+            contexts: self.contexts.iter().map(|c| c.dfa.create_cache()).collect(),
             candidates: Vec::new(),
         })
     }
@@ -413,17 +441,8 @@ impl Scanner {
             f |= F_CAPS2;
         }
         if let Some(ac) = &self.literals {
-            // Restarting one byte after each match start finds every
-            // occurrence of every literal, given that no literal contains
-            // another (checked when the scanner is built), and keeps the
-            // automaton's fast prefilter, which overlapping search loses.
-            let mut at = 0;
-            while at < hay.len() {
-                let Some(m) = ac.find(AcInput::new(hay).range(at..)) else {
-                    break;
-                };
+            for m in ac.find_overlapping_iter(hay) {
                 f |= self.literal_bits[m.pattern().as_usize()];
-                at = m.start() + 1;
             }
         }
         f
@@ -447,7 +466,13 @@ impl Scanner {
             if (n.any != 0 && features & n.any == 0) || features & n.all != n.all {
                 continue;
             }
-            self.scan_group(group, &mut cache.groups[gi], hay, &mut candidates);
+            self.scan_group(
+                group,
+                &mut cache.groups[gi],
+                &mut cache.contexts,
+                hay,
+                &mut candidates,
+            );
         }
         // Merge: by match start, then detector order; drop overlaps.
         candidates.sort_by_key(|c| (c.match_start, c.order));
@@ -469,6 +494,7 @@ impl Scanner {
         &self,
         group: &Group,
         cache: &mut hybrid::regex::Cache,
+        contexts: &mut [hybrid::regex::Cache],
         hay: &[u8],
         out: &mut Vec<Candidate>,
     ) {
@@ -485,7 +511,7 @@ impl Scanner {
             let Some(m) = found else { break };
             let (s, e) = (m.start(), m.end());
             let order = group.detectors[m.pattern().as_usize()];
-            if let Some(span) = self.accept(order, hay, s, e) {
+            if let Some(span) = self.accept(order, hay, s, e, contexts) {
                 out.push(Candidate {
                     span,
                     match_start: s,
@@ -506,7 +532,7 @@ impl Scanner {
                     .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
                 let m2 = search(cache, &anchored);
                 if let Some(m2) = m2
-                    && let Some(span) = self.accept(other, hay, s, m2.end())
+                    && let Some(span) = self.accept(other, hay, s, m2.end(), contexts)
                 {
                     out.push(Candidate {
                         span,
@@ -526,7 +552,14 @@ impl Scanner {
 
     /// Runs the group, context and validator checks of detector `i` on the
     /// match `hay[s..e]`.
-    fn accept(&self, i: usize, hay: &[u8], s: usize, e: usize) -> Option<Span> {
+    fn accept(
+        &self,
+        i: usize,
+        hay: &[u8],
+        s: usize,
+        e: usize,
+        caches: &mut [hybrid::regex::Cache],
+    ) -> Option<Span> {
         let d = self.detectors.get(i)?;
         if d.require_before.is_some() || d.deny_before.is_some() {
             // The context window, cut after the last token this engine
@@ -538,13 +571,13 @@ impl Scanner {
                 from += p + 1;
             }
             let window = &hay[from..s];
-            if let Some(re) = &d.require_before
-                && !re.is_match(window)
+            if let Some(c) = d.require_before
+                && !self.contexts[c].is_match(&mut caches[c], window)
             {
                 return None;
             }
-            if let Some(re) = &d.deny_before
-                && re.is_match(window)
+            if let Some(c) = d.deny_before
+                && self.contexts[c].is_match(&mut caches[c], window)
             {
                 return None;
             }
