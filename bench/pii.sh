@@ -43,7 +43,7 @@ if [ -x "$SLUICE" ]; then
   fi
 fi
 run() { # run INPUT > OUTPUT
-  if [ "$RUNNER" = sluice ]; then "$SLUICE" run "$CONFIG" --input "$1" --threads 1; else "$EXAMPLE" "$1"; fi
+  if [ "$RUNNER" = sluice ]; then "$SLUICE" run "$CONFIG" --input "$1" --threads 1 2>/dev/null; else "$EXAMPLE" "$1"; fi
 }
 if [ "$RUNNER" = sluice ]; then
   echo "runner: sluice run bench/pii/redact.json --threads 1 ($SLUICE)"
@@ -90,7 +90,7 @@ best=""
 for _ in 1 2 3; do
   start=$(date +%s.%N)
   if [ "$RUNNER" = sluice ]; then
-    $PIN "$SLUICE" run "$CONFIG" --input "$BIG" --threads 1 > /dev/null
+    $PIN "$SLUICE" run "$CONFIG" --input "$BIG" --threads 1 > /dev/null 2>&1
   else
     $PIN "$EXAMPLE" "$BIG" > /dev/null
   fi
