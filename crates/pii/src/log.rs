@@ -65,12 +65,14 @@ impl<W: Write> RedactingWriter<W> {
             Some(b) => (b, true),
             None => (text.as_ref(), false),
         };
-        let out = redact_line(self.redactor, body);
-        self.inner.write_all(out.as_bytes())?;
+        let mut out = redact_line(self.redactor, body);
         if newline {
-            self.inner.write_all(b"\n")?;
+            out.push('\n');
         }
-        Ok(())
+        // One write per line: with several threads logging to an
+        // unbuffered stream, a separate write of the newline lets another
+        // thread's line land between a line and its end.
+        self.inner.write_all(out.as_bytes())
     }
 
     fn drain_lines(&mut self) -> io::Result<()> {
@@ -142,5 +144,34 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(json, serde_json::json!({"password": "[SECRET]", "n": 1}));
         assert_eq!(lines[2], "partial [CREDIT_CARD]");
+    }
+
+    /// Records each `write` call, to check a line is written whole.
+    struct Calls(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+    impl std::io::Write for Calls {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(data.to_vec());
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_line_is_written_in_one_call_with_its_newline() {
+        use std::io::Write;
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut w = RedactingWriter::new(Calls(calls.clone()));
+        w.write_all(b"{\"fields\":{\"message\":\"one\"}}\n{\"fields\":{\"message\":\"two\"}}\n")
+            .unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.ends_with(b"\n") && c.iter().filter(|b| **b == b'\n').count() == 1)
+        );
     }
 }

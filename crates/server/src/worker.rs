@@ -427,7 +427,9 @@ impl Worker {
                         .increment(1);
                     let latency =
                         (Utc::now() - batch.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    metrics::histogram!("sluice_batch_latency_seconds").record(latency);
+                    metrics::histogram!("sluice_batch_latency_seconds", "pipeline_id" => pipeline.clone()).record(latency);
+                    metrics::gauge!("sluice_pipeline_last_run_timestamp_seconds", "pipeline_id" => pipeline.clone())
+                        .set(Utc::now().timestamp_millis() as f64 / 1000.0);
                     metrics::histogram!("sluice_batch_processing_seconds")
                         .record(started.elapsed().as_secs_f64());
                     if status == BatchStatus::Failed {

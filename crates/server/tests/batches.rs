@@ -126,6 +126,29 @@ async fn every_format_and_encoding_is_delivered_once(b: Backend) {
     assert_eq!(r.data()["metrics"]["records_processed"], 19);
     assert!(r.data()["metrics"]["latency_ms"]["p99"].is_i64());
     assert!(r.data()["metrics"]["last_run_at"].is_string());
+    // The same facts in /metrics, per pipeline.
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sluice_records_processed_total",
+        "sluice_batch_latency_seconds_bucket",
+        "sluice_pipeline_last_run_timestamp_seconds",
+        "sluice_ingest_records_total",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name)
+                    && (name.starts_with("sluice_ingest") || l.contains(&id))),
+            "{name} for {id} missing from /metrics"
+        );
+    }
     app.shutdown().await;
 }
 
