@@ -166,9 +166,17 @@ impl PersonFinder {
         if memchr::memchr(b' ', bytes).is_none() {
             return;
         }
-        let tokens = tokenize(text);
+        let mut tokens = tokenize(text);
         if tokens.len() < 2 {
             return;
+        }
+        // Words already inside a finding cannot be part of a name; the rest
+        // of the run is judged on its own, as it would be once the finding
+        // is replaced (so a second pass finds nothing new).
+        for t in &mut tokens {
+            if taken.iter().any(|s| s.start < t.end && t.start < s.end) {
+                t.cap = false;
+            }
         }
         let mut bufs = Bufs::default();
         let mut i = 0;

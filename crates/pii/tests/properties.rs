@@ -159,6 +159,7 @@ fn fuzz_regressions_are_idempotent() {
     for text in [
         "TT4TT<%a:A::9+11031131\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0010",
         "    7T%T0 =A::A:8+76+8767+88",
+        "0\x00dr E-c Mc Ea:A::A\\c0\x00dr E-c Mc Ec M*\\/",
         "+111107+11\x00\x00\x00\x00\x00110111108+111101\x00\x00\x00,11111+01111287",
     ] {
         let once = default_redactor().redact_text(text).into_owned();
