@@ -805,6 +805,10 @@ async fn health_and_metrics(b: Backend) {
         .unwrap();
     assert!(text.contains("sluice_http_requests_total"), "{text}");
     assert!(
+        text.contains("route=\"/api/v1/pipelines\""),
+        "route label missing: {text}"
+    );
+    assert!(
         text.contains("sluice_http_request_duration_seconds"),
         "{text}"
     );

@@ -126,6 +126,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, openapi) = api_routes().split_for_parts();
     let router = router
         .route_layer(middleware::from_fn(auth::authorize))
+        .route_layer(middleware::from_fn(expose_route))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -212,6 +213,14 @@ async fn request_id(req: Request, next: Next) -> Response {
             .headers_mut()
             .insert(REQUEST_ID_HEADER.clone(), value);
     }
+    response
+}
+
+/// Copy the matched route template onto the response, where the outer
+/// metrics layer (which runs before routing) can read it.
+async fn expose_route(matched: MatchedPath, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(matched);
     response
 }
 
