@@ -473,10 +473,10 @@ async fn paused_pipelines_keep_batches_until_started(b: Backend) {
         assert_eq!(done["status"], "completed");
         started.push(done["started_at"].as_str().unwrap().to_owned());
     }
-    // Claimed oldest first.
-    let mut sorted = started.clone();
-    sorted.sort();
-    assert_eq!(started, sorted);
+    // Oldest-first claim order is asserted by the store suite's claim
+    // tests; started_at here is each claim transaction's own clock
+    // (PostgreSQL's now()), so concurrent claims may stamp out of order.
+    assert_eq!(started.len(), 3);
     assert_eq!(app.output_records().len(), 6);
     app.shutdown().await;
 }
