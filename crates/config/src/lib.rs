@@ -7,6 +7,7 @@
 //! an operator starting the server) fixes everything in one round trip.
 
 pub mod pipeline;
+pub mod secrets;
 pub mod server;
 
 pub use pipeline::{
@@ -14,4 +15,5 @@ pub use pipeline::{
     MapOp, MapSpec, OnError, PipelineSpec, ProcessorSpec, RedactSpec, SchemaDraft, ScriptSpec,
     SourceSpec, ValidateSpec,
 };
+pub use secrets::{ComponentKind, SECRET_FIELDS, SecretField, secret_paths};
 pub use server::{ServerConfig, ServerRole};
