@@ -12,6 +12,7 @@
 #   UPLOAD_GIB [2]         the upload of workload M
 #   SERVER_CPU [0] LOAD_CPU [1]             cores for the one-core runs
 #   CARGO_TARGET_DIR [./target]             where the release builds go
+#   BENCH_SLUICE_BIN                              use this sluice binary instead of building one
 #
 # What runs where: `sluice serve` (embedded default: SQLite, local payloads,
 # fsync before 202) in a fresh temporary data dir, pinned with taskset to
@@ -57,9 +58,9 @@ log() { echo "== $*" >&2; }
 
 # ---------------------------------------------------------------- build
 log "build (release, $CARGO_TARGET_DIR)"
-(cd "$ROOT" && cargo build --release -q -p sluice-cli)
+if [ -z "${BENCH_SLUICE_BIN:-}" ]; then (cd "$ROOT" && cargo build --release -q -p sluice-cli); fi
 (cd "$ROOT/bench" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench-tools" cargo build --release -q)
-SLUICE="$CARGO_TARGET_DIR/release/sluice"
+SLUICE="${BENCH_SLUICE_BIN:-$CARGO_TARGET_DIR/release/sluice}"
 LOADGEN="$CARGO_TARGET_DIR/bench-tools/release/loadgen"
 LIMIT="$CARGO_TARGET_DIR/bench-tools/release/limit"
 
@@ -128,23 +129,20 @@ load() {
   if [ "$cpus" = all ]; then "$LOADGEN" "$@" > "$out"; else taskset -c "$cpus" "$LOADGEN" "$@" > "$out"; fi
 }
 
-E_PROCESSORS='[{"type":"map","ops":[
-  {"op":"remove","path":"/debug","optional":true},
-  {"op":"set","path":"/pipeline","value":"bench"},
-  {"op":"move","from":"/level","path":"/severity"},
-  {"op":"upper","path":"/service"}]},
- {"type":"redact","detectors":["EMAIL","CREDIT_CARD"],"field_names":false}]'
-R_PROCESSORS='[{"type":"redact"}]'
-J_PROCESSORS='[{"type":"script","source":"function transform(r, ctx) { r.user.email = null; r.tags.push(\"x\"); r.total = r.items.reduce((a,b)=>a+b.price,0); return r; }"}]'
+# The pipelines (bench/pipelines/*.json), with a file destination added.
+PIPES="$ROOT/bench/pipelines"
+with_file() { # with_file PIPELINE.json OUTPUT-PATH
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); p["destination"]={"type":"file","path":sys.argv[2]}; print(json.dumps(p))' "$1" "$2"
+}
 
-# sluice_run WORKLOAD SYSTEM CPUS PROCESSORS [stopped]: one throughput run
+# sluice_run WORKLOAD SYSTEM CPUS PIPELINE-FILE [stopped]: one throughput run
 sluice_run() {
-  local w="$1" system="$2" cpus="$3" procs="$4" mode="${5:-}"
+  local w="$1" system="$2" cpus="$3" file="$4" mode="${5:-}"
   local loadcpus="$LOAD_CPU"; [ "$cpus" = all ] && loadcpus=all
   log "$w: sluice ($system), $RECORDS records"
   start_sluice "$w-$system" "$cpus"
   local pipe
-  pipe=$(pipeline "{\"name\":\"bench-$w\",\"processors\":$procs,\"destination\":{\"type\":\"file\",\"path\":\"$w.ndjson\"}}")
+  pipe=$(pipeline "$(with_file "$file" "$w.ndjson")")
   local wait=sluice
   if [ "$mode" = stopped ]; then
     curl -sf -X POST "$BASE/pipelines/$pipe/stop" -H "X-API-Key: $KEY" > /dev/null
@@ -221,7 +219,7 @@ latency_run() {
   log "L: sluice, $L_BATCH-record batches at $L_RATE/s for $L_SECS s"
   start_sluice L "$SERVER_CPU"
   local pipe
-  pipe=$(pipeline "{\"name\":\"bench-L\",\"processors\":$E_PROCESSORS,\"destination\":{\"type\":\"file\",\"path\":\"l.ndjson\"}}")
+  pipe=$(pipeline "$(with_file "$PIPES/e.json" l.ndjson)")
   sleep 1
   local out="$WORK/L.json"
   local events; events="$(events 200000)"
@@ -254,15 +252,15 @@ PY
 # ---------------------------------------------------------------- runs
 if wants E; then
   limit_run
-  sluice_run E "1 core" "$SERVER_CPU" "$E_PROCESSORS"
-  sluice_run E "2 cores" all "$E_PROCESSORS"
+  sluice_run E "1 core" "$SERVER_CPU" "$PIPES/e.json"
+  sluice_run E "2 cores" all "$PIPES/e.json"
   node_run
 elif wants M; then
-  sluice_run E "1 core" "$SERVER_CPU" "$E_PROCESSORS"
+  sluice_run E "1 core" "$SERVER_CPU" "$PIPES/e.json"
 fi
-wants I && sluice_run I "1 core" "$SERVER_CPU" "[]" stopped
-wants R && sluice_run R "1 core" "$SERVER_CPU" "$R_PROCESSORS"
-wants J && sluice_run J "1 core" "$SERVER_CPU" "$J_PROCESSORS"
+wants I && sluice_run I "1 core" "$SERVER_CPU" "$PIPES/i.json" stopped
+wants R && sluice_run R "1 core" "$SERVER_CPU" "$PIPES/r.json"
+wants J && sluice_run J "1 core" "$SERVER_CPU" "$PIPES/j.json"
 wants L && latency_run
 wants M && upload_run
 

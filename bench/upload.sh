@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 GIB="${1:-2}"
 SHARED="$(cd .. && pwd)/shared"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
-cargo build --release -q -p sluice-cli
-BIN="$CARGO_TARGET_DIR/release/sluice"
+if [ -z "${BENCH_SLUICE_BIN:-}" ]; then cargo build --release -q -p sluice-cli; fi
+BIN="${BENCH_SLUICE_BIN:-$CARGO_TARGET_DIR/release/sluice}"
 WORK="$(mktemp -d)"
 trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
