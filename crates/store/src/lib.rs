@@ -92,6 +92,21 @@ pub trait Store: Send + Sync + 'static {
         config: &serde_json::Value,
         status: PipelineStatus,
         actor: Option<Uuid>,
+    ) -> Result<Pipeline> {
+        self.create_pipeline_with_id(Uuid::now_v7(), tenant_id, name, config, status, actor)
+            .await
+    }
+    /// [`Store::create_pipeline`] with an id chosen by the caller (the
+    /// server binds encrypted secret fields to the pipeline id before the
+    /// row exists). `id` should be a fresh UUIDv7.
+    async fn create_pipeline_with_id(
+        &self,
+        id: Uuid,
+        tenant_id: Uuid,
+        name: &str,
+        config: &serde_json::Value,
+        status: PipelineStatus,
+        actor: Option<Uuid>,
     ) -> Result<Pipeline>;
     async fn get_pipeline(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Pipeline>>;
     /// Newest first; `after` is a cursor from a previous page.
@@ -215,14 +230,79 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<BatchError>, Option<i64>)>;
 
     // ---- audit ----
+    /// Append to the tenant's hash chain: in one transaction that holds
+    /// the chain's lock, read the last event's seq and hash, and insert
+    /// the event with seq + 1, `prev_hash` and its own hash
+    /// ([`audit_hash`]). Fails with `NotFound` for an unknown tenant.
     async fn append_audit(&self, event: NewAuditEvent) -> Result<AuditEvent>;
-    /// Newest first.
+    /// Newest first, filtered.
     async fn list_audit(
         &self,
         tenant_id: Uuid,
+        filter: &AuditFilter,
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Page<AuditEvent>>;
+    /// One chain in seq order, from seq `after_seq + 1`: a tenant's, or
+    /// with `None` the system chain. Rows written before chaining (no
+    /// seq) come first, on the page that starts at 0.
+    async fn audit_chain(
+        &self,
+        tenant_id: Option<Uuid>,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>>;
+    /// Append to the system chain (master key rotations, tenant
+    /// erasures); `event.tenant_id` names the tenant acted on, or is nil.
+    /// These rows have no foreign keys and survive the tenant.
+    async fn append_system_audit(&self, event: NewAuditEvent) -> Result<AuditEvent>;
+
+    // ---- key rotation (every tenant) ----
+    /// Every pipeline version of every tenant, as `(tenant_id, version)`,
+    /// ordered by pipeline id and version, after `after`.
+    async fn scan_pipeline_versions(
+        &self,
+        after: Option<(Uuid, i64)>,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, PipelineVersion)>>;
+    /// Replace a version's stored config. Only for re-encrypting its
+    /// secret fields under a new key: the meaning must not change.
+    async fn reencrypt_pipeline_version(
+        &self,
+        pipeline_id: Uuid,
+        version: i64,
+        config: &serde_json::Value,
+    ) -> Result<()>;
+    /// Every failed-record capture, as `(tenant_id, error)`, by id.
+    async fn scan_batch_errors(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, BatchError)>>;
+    /// Replace a capture's stored record (re-encryption only).
+    async fn reencrypt_batch_error(&self, id: Uuid, record: &serde_json::Value) -> Result<()>;
+
+    // ---- retention and erasure (R-SEC-8) ----
+    /// Mark up to `limit` finished batches completed before `before`
+    /// whose payload is still stored as purged, and return their payload
+    /// keys for the caller to delete. A purged batch cannot be retried.
+    async fn purge_payloads_before(&self, before: DateTime<Utc>, limit: u32)
+    -> Result<Vec<String>>;
+    /// Delete up to `limit` failed-record captures created before
+    /// `before`; returns how many.
+    async fn delete_batch_errors_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
+    /// Delete up to `limit` finished batches completed before `before`
+    /// (with their captures); returns how many, and the payload keys not
+    /// yet purged.
+    async fn delete_batches_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<(u64, Vec<String>)>;
+    /// Delete the tenant and every row that belongs to it (keys,
+    /// pipelines, versions, batches, captures, its audit chain) in one
+    /// transaction; returns the payload keys of its batches.
+    async fn erase_tenant(&self, tenant_id: Uuid) -> Result<Vec<String>>;
 }
 
 /// Open the database at `url` (`sqlite:...` or `postgres://...`) and, when

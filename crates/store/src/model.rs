@@ -261,6 +261,147 @@ pub struct AuditEvent {
     /// Extra structured facts; never secrets or record data.
     pub details: Value,
     pub created_at: DateTime<Utc>,
+    /// Position in the tenant's hash chain, from 1 (None: written before
+    /// the chain existed).
+    pub seq: Option<i64>,
+    /// Hex SHA-256 of the previous event of the chain (64 zeros for the
+    /// first).
+    pub prev_hash: Option<String>,
+    /// Hex SHA-256 of `prev_hash` and this row: see [`audit_hash`].
+    pub hash: Option<String>,
+}
+
+/// Which audit events a listing returns. Every set field must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor_key_id: Option<Uuid>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// `prev_hash` of the first event of a chain.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash that chains an audit event to its predecessor:
+/// hex SHA-256 of `prev_hash` (hex, as stored), a newline, and the
+/// canonical serialization of the row: a JSON array of id, tenant id,
+/// seq, actor key id, action, target, request id, client address,
+/// details (object keys sorted at every level) and the creation time in
+/// Unix milliseconds. Every column but the hashes themselves is covered,
+/// so any change to a stored row shows.
+pub fn audit_hash(prev_hash: &str, event: &AuditEvent) -> String {
+    use sha2::{Digest, Sha256};
+    let row = serde_json::json!([
+        event.id,
+        event.tenant_id,
+        event.seq,
+        event.actor_key_id,
+        event.action,
+        event.target,
+        event.request_id,
+        event.client_addr,
+        event.details,
+        event.created_at.timestamp_millis(),
+    ]);
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical_text(&row).as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Compact JSON text with object keys sorted at every level, so the text
+/// does not depend on how a backend stored the document (PostgreSQL's
+/// `jsonb` reorders keys) or on the map's own iteration order.
+fn canonical_text(value: &Value) -> String {
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (n, key) in keys.into_iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(&map[key.as_str()], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// Why an audit chain does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The first row that does not verify.
+    pub id: Uuid,
+    pub seq: Option<i64>,
+    pub reason: String,
+}
+
+/// Check consecutive events of one chain (ordered by seq), continuing
+/// from `prev` = (seq, hash) of the last verified event (None at the start
+/// of the chain). Returns the new `prev`, or the first bad row.
+pub fn verify_audit_chain(
+    prev: Option<(i64, String)>,
+    events: &[AuditEvent],
+) -> Result<Option<(i64, String)>, ChainBreak> {
+    let mut prev = prev;
+    for event in events {
+        let fail = |reason: String| ChainBreak {
+            id: event.id,
+            seq: event.seq,
+            reason,
+        };
+        let (Some(seq), Some(prev_hash), Some(hash)) = (event.seq, &event.prev_hash, &event.hash)
+        else {
+            return Err(fail(
+                "the row has no hash (it is not part of the chain)".into(),
+            ));
+        };
+        let (expected_seq, expected_prev) = match &prev {
+            None => (1, GENESIS_HASH.to_owned()),
+            Some((s, h)) => (s + 1, h.clone()),
+        };
+        if seq != expected_seq {
+            return Err(fail(format!(
+                "sequence number {seq} where {expected_seq} was expected (a row was removed or inserted)"
+            )));
+        }
+        if *prev_hash != expected_prev {
+            return Err(fail(
+                "prev_hash does not match the previous row's hash".into(),
+            ));
+        }
+        if audit_hash(prev_hash, event) != *hash {
+            return Err(fail(
+                "the row's contents do not match its hash (it was modified)".into(),
+            ));
+        }
+        prev = Some((seq, hash.clone()));
+    }
+    Ok(prev)
 }
 
 #[derive(Debug, Clone, PartialEq)]

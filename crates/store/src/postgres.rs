@@ -112,4 +112,5 @@ store_impl! {
     for_update: " FOR UPDATE",
     for_share: " FOR SHARE",
     skip_locked: " FOR UPDATE OF b SKIP LOCKED",
+    chain_lock: "SELECT pg_advisory_xact_lock($1)",
 }

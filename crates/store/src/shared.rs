@@ -170,7 +170,8 @@ macro_rules! batch_error_cols {
 
 macro_rules! audit_cols {
     () => {
-        "id, tenant_id, actor_key_id, action, target, request_id, client_addr, details, created_at"
+        "id, tenant_id, actor_key_id, action, target, request_id, client_addr, details, created_at, \
+         seq, prev_hash, hash"
     };
 }
 
@@ -180,7 +181,10 @@ macro_rules! audit_cols {
 ///   second parameter of the statements that use it);
 /// - `latency_ms`: `completed_at - created_at` in milliseconds;
 /// - `for_update` / `for_share`: row-lock suffix of a `SELECT`;
-/// - `skip_locked`: row-lock suffix of the claim's inner `SELECT`.
+/// - `skip_locked`: row-lock suffix of the claim's inner `SELECT`;
+/// - `chain_lock`: a statement taking `$1` (an `i64` naming an audit
+///   chain) that serializes appends to that chain until the transaction
+///   ends (SQLite's single writer needs none).
 macro_rules! store_impl {
     (
         store: $store:ty,
@@ -191,7 +195,8 @@ macro_rules! store_impl {
         latency_ms: $latency_ms:literal,
         for_update: $for_update:literal,
         for_share: $for_share:literal,
-        skip_locked: $skip_locked:literal $(,)?
+        skip_locked: $skip_locked:literal,
+        chain_lock: $chain_lock:literal $(,)?
     ) => {
         const _: () = {
             use $crate::shared::{
@@ -200,7 +205,7 @@ macro_rules! store_impl {
                 tenant_cols, version_cols, write_error,
             };
             use $crate::{
-                ApiKey, AuditEvent, Batch, BatchError, BatchOutcome, BatchStatus, NewApiKey,
+                ApiKey, AuditEvent, AuditFilter, Batch, BatchError, BatchOutcome, BatchStatus, NewApiKey,
                 NewAuditEvent, NewBatch, NewBatchError, Page, Pipeline, PipelineStats,
                 PipelineStatus, PipelineVersion, QueueDepth, Result, Role, StoreError, Tenant,
             };
@@ -321,7 +326,25 @@ macro_rules! store_impl {
                     client_addr: row.try_get("client_addr")?,
                     details: row.try_get::<Json<serde_json::Value>, _>("details")?.0,
                     created_at: ts(row, "created_at")?,
+                    seq: row.try_get("seq")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
                 })
+            }
+
+            /// The advisory-lock key of a tenant's audit chain (0: the
+            /// system chain). A collision only serializes two chains.
+            fn chain_key(tenant_id: Uuid) -> i64 {
+                let bytes = tenant_id.as_bytes();
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&bytes[8..]);
+                i64::from_be_bytes(low)
+            }
+
+            /// Now, at the millisecond precision both backends keep, so
+            /// the hashed time reads back unchanged.
+            fn audit_now() -> DateTime<Utc> {
+                DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now)
             }
 
             fn rows<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T>) -> Result<Vec<T>> {
@@ -540,15 +563,15 @@ macro_rules! store_impl {
 
                 // ---- pipelines ----
 
-                async fn create_pipeline(
+                async fn create_pipeline_with_id(
                     &self,
+                    id: Uuid,
                     tenant_id: Uuid,
                     name: &str,
                     config: &serde_json::Value,
                     status: PipelineStatus,
                     actor: Option<Uuid>,
                 ) -> Result<Pipeline> {
-                    let id = Uuid::now_v7();
                     let mut tx = self.begin().await?;
                     let row = sqlx::query(concat!(
                         "INSERT INTO pipelines (id, tenant_id, name, status, version, created_at, updated_at) \
@@ -1054,6 +1077,7 @@ macro_rules! store_impl {
                          error = NULL, attempts = 0, started_at = NULL, completed_at = NULL, \
                          not_before = NULL, lease_owner = NULL, lease_expires_at = NULL \
                          WHERE id = $1 AND pipeline_id = $2 AND tenant_id = $3 AND status = 'failed' \
+                         AND payload_purged_at IS NULL \
                          RETURNING ", batch_cols!()
                     ))
                     .bind(id)
@@ -1063,7 +1087,8 @@ macro_rules! store_impl {
                     .await?;
                     let Some(row) = row else {
                         let exists = sqlx::query(
-                            "SELECT status FROM batches WHERE id = $1 AND pipeline_id = $2 AND tenant_id = $3",
+                            "SELECT status, payload_purged_at IS NOT NULL AS purged \
+                             FROM batches WHERE id = $1 AND pipeline_id = $2 AND tenant_id = $3",
                         )
                         .bind(id)
                         .bind(pipeline_id)
@@ -1071,6 +1096,9 @@ macro_rules! store_impl {
                         .fetch_optional(&mut *tx)
                         .await?;
                         return Err(match exists {
+                            Some(row) if row.try_get::<bool, _>("purged")? => StoreError::InvalidState(
+                                "the batch's payload has expired and was deleted".into(),
+                            ),
                             Some(row) => StoreError::InvalidState(format!(
                                 "only a failed batch can be retried, this one is {}",
                                 row.try_get::<String, _>("status")?
@@ -1168,42 +1196,345 @@ macro_rules! store_impl {
                 // ---- audit ----
 
                 async fn append_audit(&self, event: NewAuditEvent) -> Result<AuditEvent> {
-                    let row = sqlx::query(concat!(
-                        "INSERT INTO audit_events (id, tenant_id, actor_key_id, action, target, \
-                         request_id, client_addr, details, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ", $now, ") RETURNING ", audit_cols!()
-                    ))
-                    .bind(Uuid::now_v7())
+                    let mut tx = self.begin().await?;
+                    sqlx::query($chain_lock)
+                        .bind(chain_key(event.tenant_id))
+                        .execute(&mut *tx)
+                        .await?;
+                    let last = sqlx::query(
+                        "SELECT seq, hash FROM audit_events WHERE tenant_id = $1 AND seq IS NOT NULL \
+                         ORDER BY seq DESC LIMIT 1",
+                    )
                     .bind(event.tenant_id)
-                    .bind(event.actor_key_id)
-                    .bind(&event.action)
-                    .bind(&event.target)
-                    .bind(&event.request_id)
-                    .bind(&event.client_addr)
-                    .bind(Json(&event.details))
-                    .fetch_one(self.write())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let (seq, prev_hash) = match last {
+                        Some(row) => (
+                            row.try_get::<i64, _>("seq")? + 1,
+                            row.try_get::<Option<String>, _>("hash")?
+                                .ok_or_else(|| corrupt("audit_events.hash"))?,
+                        ),
+                        None => (1, $crate::GENESIS_HASH.to_owned()),
+                    };
+                    let mut stored = AuditEvent {
+                        id: Uuid::now_v7(),
+                        tenant_id: event.tenant_id,
+                        actor_key_id: event.actor_key_id,
+                        action: event.action,
+                        target: event.target,
+                        request_id: event.request_id,
+                        client_addr: event.client_addr,
+                        details: event.details,
+                        created_at: audit_now(),
+                        seq: Some(seq),
+                        prev_hash: Some(prev_hash),
+                        hash: None,
+                    };
+                    let hash = $crate::audit_hash(stored.prev_hash.as_deref().unwrap_or_default(), &stored);
+                    stored.hash = Some(hash);
+                    sqlx::query(
+                        "INSERT INTO audit_events (id, tenant_id, actor_key_id, action, target, \
+                         request_id, client_addr, details, created_at, seq, prev_hash, hash) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    )
+                    .bind(stored.id)
+                    .bind(stored.tenant_id)
+                    .bind(stored.actor_key_id)
+                    .bind(&stored.action)
+                    .bind(&stored.target)
+                    .bind(&stored.request_id)
+                    .bind(&stored.client_addr)
+                    .bind(Json(&stored.details))
+                    .bind(bind_ts(stored.created_at))
+                    .bind(seq)
+                    .bind(&stored.prev_hash)
+                    .bind(&stored.hash)
+                    .execute(&mut *tx)
                     .await
                     .map_err(write_error)?;
-                    audit_row(&row)
+                    tx.commit().await?;
+                    Ok(stored)
+                }
+
+                async fn append_system_audit(&self, event: NewAuditEvent) -> Result<AuditEvent> {
+                    let mut tx = self.begin().await?;
+                    sqlx::query($chain_lock)
+                        .bind(0_i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    let last = sqlx::query(
+                        "SELECT seq, hash FROM system_audit_events ORDER BY seq DESC LIMIT 1",
+                    )
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let (seq, prev_hash) = match last {
+                        Some(row) => (row.try_get::<i64, _>("seq")? + 1, row.try_get::<String, _>("hash")?),
+                        None => (1, $crate::GENESIS_HASH.to_owned()),
+                    };
+                    let mut stored = AuditEvent {
+                        id: Uuid::now_v7(),
+                        tenant_id: event.tenant_id,
+                        actor_key_id: event.actor_key_id,
+                        action: event.action,
+                        target: event.target,
+                        request_id: event.request_id,
+                        client_addr: event.client_addr,
+                        details: event.details,
+                        created_at: audit_now(),
+                        seq: Some(seq),
+                        prev_hash: Some(prev_hash),
+                        hash: None,
+                    };
+                    let hash = $crate::audit_hash(stored.prev_hash.as_deref().unwrap_or_default(), &stored);
+                    stored.hash = Some(hash);
+                    sqlx::query(
+                        "INSERT INTO system_audit_events (id, tenant_id, actor_key_id, action, target, \
+                         request_id, client_addr, details, created_at, seq, prev_hash, hash) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    )
+                    .bind(stored.id)
+                    .bind(stored.tenant_id)
+                    .bind(stored.actor_key_id)
+                    .bind(&stored.action)
+                    .bind(&stored.target)
+                    .bind(&stored.request_id)
+                    .bind(&stored.client_addr)
+                    .bind(Json(&stored.details))
+                    .bind(bind_ts(stored.created_at))
+                    .bind(seq)
+                    .bind(&stored.prev_hash)
+                    .bind(&stored.hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(write_error)?;
+                    tx.commit().await?;
+                    Ok(stored)
                 }
 
                 async fn list_audit(
                     &self,
                     tenant_id: Uuid,
+                    filter: &AuditFilter,
                     after: Option<Uuid>,
                     limit: u32,
                 ) -> Result<Page<AuditEvent>> {
-                    let all = sqlx::query(concat!(
-                        "SELECT ", audit_cols!(), " FROM audit_events \
-                         WHERE tenant_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
-                    ))
-                    .bind(tenant_id)
-                    .bind(after.unwrap_or(Uuid::max()))
-                    .bind(fetch_limit(limit))
-                    .fetch_all(self.read())
-                    .await?;
+                    let mut query = sqlx::QueryBuilder::<$db>::new(concat!(
+                        "SELECT ", audit_cols!(), " FROM audit_events WHERE tenant_id = "
+                    ));
+                    query.push_bind(tenant_id);
+                    query.push(" AND id < ").push_bind(after.unwrap_or(Uuid::max()));
+                    if let Some(action) = &filter.action {
+                        query.push(" AND action = ").push_bind(action.as_str());
+                    }
+                    if let Some(actor) = filter.actor_key_id {
+                        query.push(" AND actor_key_id = ").push_bind(actor);
+                    }
+                    if let Some(since) = filter.since {
+                        query.push(" AND created_at >= ").push_bind(bind_ts(since));
+                    }
+                    if let Some(until) = filter.until {
+                        query.push(" AND created_at < ").push_bind(bind_ts(until));
+                    }
+                    query.push(" ORDER BY id DESC LIMIT ").push_bind(fetch_limit(limit));
+                    let all = query.build().fetch_all(self.read()).await?;
                     let items = rows(all, audit_row)?;
                     Ok(page(items, limit, |e| e.id))
+                }
+
+                async fn audit_chain(
+                    &self,
+                    tenant_id: Option<Uuid>,
+                    after_seq: i64,
+                    limit: u32,
+                ) -> Result<Vec<AuditEvent>> {
+                    let all = match tenant_id {
+                        Some(tenant_id) => sqlx::query(concat!(
+                            "SELECT ", audit_cols!(), " FROM audit_events WHERE tenant_id = $1 \
+                             AND (seq > $2 OR (seq IS NULL AND $2 = 0)) \
+                             ORDER BY COALESCE(seq, 0), id LIMIT $3"
+                        ))
+                        .bind(tenant_id)
+                        .bind(after_seq)
+                        .bind(i64::from(limit.clamp(1, 10_000)))
+                        .fetch_all(self.read())
+                        .await?,
+                        None => sqlx::query(concat!(
+                            "SELECT ", audit_cols!(), " FROM system_audit_events WHERE seq > $1 \
+                             ORDER BY seq LIMIT $2"
+                        ))
+                        .bind(after_seq)
+                        .bind(i64::from(limit.clamp(1, 10_000)))
+                        .fetch_all(self.read())
+                        .await?,
+                    };
+                    rows(all, audit_row)
+                }
+
+                // ---- key rotation ----
+
+                async fn scan_pipeline_versions(
+                    &self,
+                    after: Option<(Uuid, i64)>,
+                    limit: u32,
+                ) -> Result<Vec<(Uuid, PipelineVersion)>> {
+                    let (after_id, after_version) = after.unwrap_or((Uuid::nil(), i64::MIN));
+                    let all = sqlx::query(
+                        "SELECT p.tenant_id, v.pipeline_id, v.version, v.config, v.created_at, v.created_by \
+                         FROM pipeline_versions v JOIN pipelines p ON p.id = v.pipeline_id \
+                         WHERE v.pipeline_id > $1 OR (v.pipeline_id = $1 AND v.version > $2) \
+                         ORDER BY v.pipeline_id, v.version LIMIT $3",
+                    )
+                    .bind(after_id)
+                    .bind(after_version)
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .fetch_all(self.read())
+                    .await?;
+                    rows(all, |row| Ok((row.try_get("tenant_id")?, version_row(row)?)))
+                }
+
+                async fn reencrypt_pipeline_version(
+                    &self,
+                    pipeline_id: Uuid,
+                    version: i64,
+                    config: &serde_json::Value,
+                ) -> Result<()> {
+                    let done = sqlx::query(
+                        "UPDATE pipeline_versions SET config = $3 WHERE pipeline_id = $1 AND version = $2",
+                    )
+                    .bind(pipeline_id)
+                    .bind(version)
+                    .bind(Json(config))
+                    .execute(self.write())
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    Ok(())
+                }
+
+                async fn scan_batch_errors(
+                    &self,
+                    after: Option<Uuid>,
+                    limit: u32,
+                ) -> Result<Vec<(Uuid, BatchError)>> {
+                    let all = sqlx::query(
+                        "SELECT b.tenant_id, e.id, e.batch_id, e.record_index, e.processor_index, \
+                         e.processor_type, e.code, e.message, e.record, e.created_at \
+                         FROM batch_errors e JOIN batches b ON b.id = e.batch_id \
+                         WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+                    )
+                    .bind(after.unwrap_or(Uuid::nil()))
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .fetch_all(self.read())
+                    .await?;
+                    rows(all, |row| Ok((row.try_get("tenant_id")?, batch_error_row(row)?)))
+                }
+
+                async fn reencrypt_batch_error(&self, id: Uuid, record: &serde_json::Value) -> Result<()> {
+                    // A capture deleted meanwhile (a re-run batch) is no error.
+                    sqlx::query("UPDATE batch_errors SET record = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(Json(record))
+                        .execute(self.write())
+                        .await?;
+                    Ok(())
+                }
+
+                // ---- retention and erasure ----
+
+                async fn purge_payloads_before(
+                    &self,
+                    before: DateTime<Utc>,
+                    limit: u32,
+                ) -> Result<Vec<String>> {
+                    // The UPDATE locks each row it marks, so a concurrent
+                    // retry (which requires an unpurged payload) either ran
+                    // first (the batch is pending, not matched here) or
+                    // finds the payload purged.
+                    let all = sqlx::query(concat!(
+                        "UPDATE batches SET payload_purged_at = ", $now,
+                        " WHERE id IN (SELECT id FROM batches WHERE status IN ('completed', 'failed') \
+                         AND completed_at < $1 AND payload_purged_at IS NULL ORDER BY completed_at LIMIT $2) \
+                         AND status IN ('completed', 'failed') AND payload_purged_at IS NULL \
+                         RETURNING payload_key"
+                    ))
+                    .bind(bind_ts(before))
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .fetch_all(self.write())
+                    .await?;
+                    rows(all, |row| Ok(row.try_get::<String, _>("payload_key")?))
+                }
+
+                async fn delete_batch_errors_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+                    let done = sqlx::query(
+                        "DELETE FROM batch_errors WHERE id IN \
+                         (SELECT id FROM batch_errors WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+                    )
+                    .bind(bind_ts(before))
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .execute(self.write())
+                    .await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn delete_batches_before(
+                    &self,
+                    before: DateTime<Utc>,
+                    limit: u32,
+                ) -> Result<(u64, Vec<String>)> {
+                    let all = sqlx::query(
+                        "DELETE FROM batches WHERE id IN (SELECT id FROM batches \
+                         WHERE status IN ('completed', 'failed') AND completed_at < $1 \
+                         ORDER BY completed_at LIMIT $2) AND status IN ('completed', 'failed') \
+                         RETURNING payload_key, payload_purged_at IS NULL AS stored",
+                    )
+                    .bind(bind_ts(before))
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .fetch_all(self.write())
+                    .await?;
+                    let mut keys = Vec::new();
+                    for row in &all {
+                        if row.try_get::<bool, _>("stored")? {
+                            keys.push(row.try_get::<String, _>("payload_key")?);
+                        }
+                    }
+                    Ok((all.len() as u64, keys))
+                }
+
+                async fn erase_tenant(&self, tenant_id: Uuid) -> Result<Vec<String>> {
+                    let mut tx = self.begin().await?;
+                    sqlx::query(concat!("SELECT id FROM tenants WHERE id = $1", $for_update))
+                        .bind(tenant_id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or(StoreError::NotFound)?;
+                    let keys = sqlx::query("SELECT payload_key FROM batches WHERE tenant_id = $1")
+                        .bind(tenant_id)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|row| row.try_get::<String, _>("payload_key"))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // Children first, explicitly, rather than trusting the
+                    // cascade to reach every table.
+                    sqlx::query(
+                        "DELETE FROM batch_errors WHERE batch_id IN (SELECT id FROM batches WHERE tenant_id = $1)",
+                    )
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    for statement in [
+                        "DELETE FROM batches WHERE tenant_id = $1",
+                        "DELETE FROM pipeline_versions WHERE pipeline_id IN (SELECT id FROM pipelines WHERE tenant_id = $1)",
+                        "DELETE FROM pipelines WHERE tenant_id = $1",
+                        "DELETE FROM audit_events WHERE tenant_id = $1",
+                        "DELETE FROM api_keys WHERE tenant_id = $1",
+                        "DELETE FROM tenants WHERE id = $1",
+                    ] {
+                        sqlx::query(statement).bind(tenant_id).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(keys)
                 }
             }
         };

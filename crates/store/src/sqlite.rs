@@ -159,6 +159,7 @@ store_impl! {
     for_update: "",
     for_share: "",
     skip_locked: "",
+    chain_lock: "SELECT $1",
 }
 
 #[cfg(test)]

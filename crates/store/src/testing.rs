@@ -149,6 +149,47 @@ async fn drop_stale_databases(admin: &mut PgConnection) {
     }
 }
 
+/// Run one statement with a bound `uuid` as `$1` (when given) directly on
+/// the database at `url`, bypassing the store: for tests that tamper with
+/// rows (the audit chain must notice) or count what an erasure left.
+/// Returns the rows affected, or for a `SELECT` of one integer column
+/// `n`, that value. The SQL must be a literal in a test.
+pub async fn raw_statement(url: &str, sql: &'static str, id: Option<uuid::Uuid>) -> Result<i64> {
+    use sqlx::Row as _;
+    let is_select = sql.trim_start().to_ascii_uppercase().starts_with("SELECT");
+    if url.starts_with("sqlite:") {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map_err(|_| unsupported(url))?
+            .busy_timeout(Duration::from_secs(30));
+        let mut conn = options.connect().await?;
+        let mut query = sqlx::query(sql);
+        if let Some(id) = id {
+            query = query.bind(id);
+        }
+        let n = if is_select {
+            query.fetch_one(&mut conn).await?.try_get::<i64, _>("n")?
+        } else {
+            i64::try_from(query.execute(&mut conn).await?.rows_affected()).unwrap_or(i64::MAX)
+        };
+        let _ = conn.close().await;
+        Ok(n)
+    } else {
+        let options = PgConnectOptions::from_str(url).map_err(|_| unsupported(url))?;
+        let mut conn = options.connect().await?;
+        let mut query = sqlx::query(sql);
+        if let Some(id) = id {
+            query = query.bind(id);
+        }
+        let n = if is_select {
+            query.fetch_one(&mut conn).await?.try_get::<i64, _>("n")?
+        } else {
+            i64::try_from(query.execute(&mut conn).await?.rows_affected()).unwrap_or(i64::MAX)
+        };
+        let _ = conn.close().await;
+        Ok(n)
+    }
+}
+
 /// A connection for CREATE/DROP DATABASE: to the database of `base`, or
 /// the `postgres` maintenance database when that one does not exist.
 async fn admin_connection(base: &str) -> Result<PgConnection> {

@@ -14,8 +14,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::json;
 use sluice_store::testing::{drop_postgres_database, fresh_postgres};
 use sluice_store::{
-    BatchOutcome, BatchStatus, NewApiKey, NewAuditEvent, NewBatch, NewBatchError, PipelineStatus,
-    Role, Store, StoreError,
+    AuditFilter, BatchOutcome, BatchStatus, NewApiKey, NewAuditEvent, NewBatch, NewBatchError,
+    PipelineStatus, Role, Store, StoreError,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -82,6 +82,14 @@ store_suite!(
     stats_and_queue_numbers,
     audit_trail_is_scoped_and_paginated,
     mixed_api_and_worker_load_never_fails,
+    audit_chain_links_every_event,
+    concurrent_audit_appends_keep_one_chain,
+    audit_filters_combine,
+    system_chain_outlives_tenants,
+    rotation_scans_and_rewrites_stored_values,
+    retention_deletes_only_expired_finished_batches,
+    erase_tenant_removes_every_row_of_the_tenant,
+    pipelines_can_be_created_with_a_chosen_id,
 );
 
 // ---- fixtures ----
@@ -1297,7 +1305,10 @@ async fn audit_trail_is_scoped_and_paginated(store: Arc<dyn Store>) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_audit(t1, after, 2).await.unwrap();
+        let page = store
+            .list_audit(t1, &AuditFilter::default(), after, 2)
+            .await
+            .unwrap();
         seen.extend(page.items);
         after = page.next_cursor;
         if after.is_none() {
@@ -1306,7 +1317,10 @@ async fn audit_trail_is_scoped_and_paginated(store: Arc<dyn Store>) {
     }
     let expected: Vec<_> = made.iter().rev().cloned().collect();
     assert_eq!(seen, expected);
-    let other = store.list_audit(t2, None, 10).await.unwrap();
+    let other = store
+        .list_audit(t2, &AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
     assert_eq!(other.items.len(), 1);
     assert_eq!(other.items[0].action, "auth.failure");
 
@@ -1458,4 +1472,392 @@ async fn postgres_migrations_revert_and_reapply() {
         Ok(url) => drop_postgres_database(&url).await.unwrap(),
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
+}
+
+// ---- security at rest (issue 7) ----
+
+fn audit_event(tenant_id: Uuid, action: &str, n: i64) -> NewAuditEvent {
+    NewAuditEvent {
+        tenant_id,
+        actor_key_id: None,
+        action: action.into(),
+        target: Some(format!("pipeline:{n}")),
+        request_id: Some(format!("req-{n}")),
+        client_addr: Some("203.0.113.9".into()),
+        details: json!({"n": n, "nested": {"z": 1, "a": [1, 2, {"y": true, "b": null}]}}),
+    }
+}
+
+async fn audit_chain_links_every_event(store: Arc<dyn Store>) {
+    let t = store.create_tenant("chained").await.unwrap().id;
+    let mut made = Vec::new();
+    for n in 0..5 {
+        made.push(
+            store
+                .append_audit(audit_event(t, "pipeline.update", n))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(made[0].seq, Some(1));
+    assert_eq!(
+        made[0].prev_hash.as_deref(),
+        Some(sluice_store::GENESIS_HASH)
+    );
+    for pair in made.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq.map(|s| s + 1));
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    // What is read back hashes to what was written (key order, times and
+    // JSON round trips of both backends included).
+    let chain = store.audit_chain(Some(t), 0, 100).await.unwrap();
+    assert_eq!(chain, made);
+    assert_eq!(
+        sluice_store::verify_audit_chain(None, &chain).unwrap(),
+        Some((5, made[4].hash.clone().unwrap()))
+    );
+    // Paging through the chain continues from a seq.
+    let tail = store.audit_chain(Some(t), 3, 100).await.unwrap();
+    assert_eq!(tail, made[3..].to_vec());
+    assert!(
+        sluice_store::verify_audit_chain(Some((3, made[2].hash.clone().unwrap())), &tail).is_ok()
+    );
+    // Any change to a row's contents breaks it at that row.
+    let mut forged = chain.clone();
+    forged[2].details = json!({"n": 99});
+    let broken = sluice_store::verify_audit_chain(None, &forged).unwrap_err();
+    assert_eq!(broken.id, made[2].id);
+    let mut dropped = chain.clone();
+    dropped.remove(1);
+    let broken = sluice_store::verify_audit_chain(None, &dropped).unwrap_err();
+    assert_eq!(broken.id, made[2].id);
+    // Another tenant's chain starts at 1.
+    let u = store.create_tenant("other").await.unwrap().id;
+    let first = store.append_audit(audit_event(u, "x", 0)).await.unwrap();
+    assert_eq!(first.seq, Some(1));
+}
+
+async fn concurrent_audit_appends_keep_one_chain(store: Arc<dyn Store>) {
+    let t = store.create_tenant("busy").await.unwrap().id;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10 {
+                store
+                    .append_audit(audit_event(t, "key.create", w * 100 + n))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let chain = store.audit_chain(Some(t), 0, 1000).await.unwrap();
+    assert_eq!(chain.len(), 80);
+    assert!(sluice_store::verify_audit_chain(None, &chain).is_ok());
+}
+
+async fn audit_filters_combine(store: Arc<dyn Store>) {
+    let t = store.create_tenant("filtered").await.unwrap().id;
+    let actor = store
+        .create_api_key(new_key(t, Role::Admin))
+        .await
+        .unwrap()
+        .id;
+    let start = Utc::now() - ChronoDuration::seconds(5);
+    for n in 0..3 {
+        let mut e = audit_event(
+            t,
+            if n == 1 {
+                "key.revoke"
+            } else {
+                "pipeline.update"
+            },
+            n,
+        );
+        e.actor_key_id = (n > 0).then_some(actor);
+        store.append_audit(e).await.unwrap();
+    }
+    let list = |filter: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_audit(t, &filter, None, 50)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|e| e.action)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(AuditFilter::default()).await.len(), 3);
+    assert_eq!(
+        list(AuditFilter {
+            action: Some("key.revoke".into()),
+            ..AuditFilter::default()
+        })
+        .await,
+        vec!["key.revoke"]
+    );
+    assert_eq!(
+        list(AuditFilter {
+            actor_key_id: Some(actor),
+            action: Some("pipeline.update".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        list(AuditFilter {
+            since: Some(start),
+            until: Some(Utc::now() + ChronoDuration::seconds(5)),
+            ..AuditFilter::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    assert!(
+        list(AuditFilter {
+            until: Some(start),
+            ..AuditFilter::default()
+        })
+        .await
+        .is_empty()
+    );
+}
+
+async fn system_chain_outlives_tenants(store: Arc<dyn Store>) {
+    let t = store.create_tenant("gone").await.unwrap().id;
+    store.append_audit(audit_event(t, "x", 1)).await.unwrap();
+    let a = store
+        .append_system_audit(audit_event(Uuid::nil(), "master_key.rotate", 1))
+        .await
+        .unwrap();
+    store.erase_tenant(t).await.unwrap();
+    let b = store
+        .append_system_audit(audit_event(t, "tenant.erase", 2))
+        .await
+        .unwrap();
+    assert_eq!((a.seq, b.seq), (Some(1), Some(2)));
+    let chain = store.audit_chain(None, 0, 10).await.unwrap();
+    assert_eq!(chain, vec![a, b]);
+    assert!(sluice_store::verify_audit_chain(None, &chain).is_ok());
+    assert!(store.audit_chain(Some(t), 0, 10).await.unwrap().is_empty());
+}
+
+async fn rotation_scans_and_rewrites_stored_values(store: Arc<dyn Store>) {
+    let (t, p) = tenant_with_pipeline(&store, PipelineStatus::Active).await;
+    store
+        .update_pipeline(t, p, "v2", &config(2), None)
+        .await
+        .unwrap();
+    let (u, q) = tenant_with_pipeline(&store, PipelineStatus::Active).await;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_pipeline_versions(after, 2).await.unwrap();
+        let Some((_, last)) = page.last() else { break };
+        after = Some((last.pipeline_id, last.version));
+        seen.extend(
+            page.into_iter()
+                .map(|(tenant, v)| (tenant, v.pipeline_id, v.version)),
+        );
+    }
+    let mut expected = vec![(t, p, 1), (t, p, 2), (u, q, 1)];
+    expected.sort_by_key(|(_, p, v)| (*p, *v));
+    assert_eq!(seen, expected);
+    store
+        .reencrypt_pipeline_version(p, 1, &json!({"rewritten": true}))
+        .await
+        .unwrap();
+    let (versions, _) = store.list_pipeline_versions(t, p, None, 10).await.unwrap();
+    assert_eq!(versions[1].config, json!({"rewritten": true}));
+    assert_eq!(versions[0].config, config(2));
+    assert!(matches!(
+        store.reencrypt_pipeline_version(p, 9, &json!({})).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let batch = store.create_batch(new_batch(t, p, 10)).await.unwrap();
+    store
+        .insert_batch_errors(batch.id, &[error_at(0), error_at(1)])
+        .await
+        .unwrap();
+    let all = store.scan_batch_errors(None, 1).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].0, t);
+    let rest = store
+        .scan_batch_errors(Some(all[0].1.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    store
+        .reencrypt_batch_error(all[0].1.id, &json!("sealed"))
+        .await
+        .unwrap();
+    let (errors, _) = store
+        .list_batch_errors(t, p, batch.id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(errors[0].record, json!("sealed"));
+    assert_eq!(errors[1].record, error_at(1).record);
+}
+
+async fn finish(store: &Arc<dyn Store>, status: BatchStatus) -> Option<Uuid> {
+    let batch = store.claim_batch("w", LONG).await.unwrap()?;
+    assert!(
+        store
+            .finish_batch(
+                batch.id,
+                "w",
+                &BatchOutcome {
+                    status,
+                    succeeded_count: 1,
+                    failed_count: 0,
+                    error: None,
+                },
+            )
+            .await
+            .unwrap()
+    );
+    Some(batch.id)
+}
+
+async fn retention_deletes_only_expired_finished_batches(store: Arc<dyn Store>) {
+    let (t, p) = tenant_with_pipeline(&store, PipelineStatus::Active).await;
+    let done = store.create_batch(new_batch(t, p, 10)).await.unwrap();
+    assert_eq!(finish(&store, BatchStatus::Completed).await, Some(done.id));
+    let failed = store.create_batch(new_batch(t, p, 10)).await.unwrap();
+    assert_eq!(finish(&store, BatchStatus::Failed).await, Some(failed.id));
+    store
+        .insert_batch_errors(failed.id, &[error_at(0)])
+        .await
+        .unwrap();
+    let waiting = store.create_batch(new_batch(t, p, 10)).await.unwrap();
+    let now = Utc::now();
+    let later = now + ChronoDuration::days(1);
+
+    // Nothing finished before `now - 1 day`.
+    let past = now - ChronoDuration::days(1);
+    assert!(
+        store
+            .purge_payloads_before(past, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.delete_batch_errors_before(past, 10).await.unwrap(), 0);
+    assert_eq!(store.delete_batches_before(past, 10).await.unwrap().0, 0);
+
+    // Payloads: finished batches only, once, in bounded rounds.
+    let first = store.purge_payloads_before(later, 1).await.unwrap();
+    let second = store.purge_payloads_before(later, 10).await.unwrap();
+    let mut purged: Vec<String> = first.into_iter().chain(second).collect();
+    purged.sort();
+    let mut expected = vec![done.payload_key.clone(), failed.payload_key.clone()];
+    expected.sort();
+    assert_eq!(purged, expected);
+    assert!(
+        store
+            .purge_payloads_before(later, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A batch whose payload is gone cannot be retried.
+    assert!(matches!(
+        store.retry_batch(t, p, failed.id).await,
+        Err(StoreError::InvalidState(m)) if m.contains("expired")
+    ));
+
+    assert_eq!(
+        store.delete_batch_errors_before(later, 10).await.unwrap(),
+        1
+    );
+    let (rows, keys) = store.delete_batches_before(later, 10).await.unwrap();
+    assert_eq!(rows, 2);
+    assert!(keys.is_empty(), "their payloads were already purged");
+    assert!(store.get_batch(t, p, done.id).await.unwrap().is_none());
+    assert!(store.get_batch(t, p, failed.id).await.unwrap().is_none());
+    let kept = store.get_batch(t, p, waiting.id).await.unwrap().unwrap();
+    assert_eq!(kept.status, BatchStatus::Pending);
+
+    // A batch deleted before its payload was purged hands the key back.
+    let another = store.create_batch(new_batch(t, p, 10)).await.unwrap();
+    // The waiting batch is older, so it is claimed first; finish both.
+    finish(&store, BatchStatus::Completed).await.unwrap();
+    finish(&store, BatchStatus::Completed).await.unwrap();
+    let (rows, mut keys) = store.delete_batches_before(later, 10).await.unwrap();
+    keys.sort();
+    let mut expected = vec![waiting.payload_key.clone(), another.payload_key.clone()];
+    expected.sort();
+    assert_eq!((rows, keys), (2, expected));
+}
+
+async fn erase_tenant_removes_every_row_of_the_tenant(store: Arc<dyn Store>) {
+    let (t, p) = tenant_with_pipeline(&store, PipelineStatus::Active).await;
+    let new = new_key(t, Role::Admin);
+    let hash = new.secret_hash.clone();
+    let key = store.create_api_key(new).await.unwrap();
+    store
+        .update_pipeline(t, p, "v2", &config(3), Some(key.id))
+        .await
+        .unwrap();
+    let batch = store.create_batch(new_batch(t, p, 10)).await.unwrap();
+    store
+        .insert_batch_errors(batch.id, &[error_at(0)])
+        .await
+        .unwrap();
+    store.append_audit(audit_event(t, "x", 0)).await.unwrap();
+    let (u, q) = tenant_with_pipeline(&store, PipelineStatus::Active).await;
+    let kept = store.create_batch(new_batch(u, q, 10)).await.unwrap();
+    store.append_audit(audit_event(u, "y", 0)).await.unwrap();
+
+    let keys = store.erase_tenant(t).await.unwrap();
+    assert_eq!(keys, vec![batch.payload_key.clone()]);
+    assert!(store.get_tenant(t).await.unwrap().is_none());
+    assert!(store.list_api_keys(t).await.unwrap().is_empty());
+    assert!(store.find_api_key_by_hash(&hash).await.unwrap().is_none());
+    assert!(store.get_pipeline_version(p, 1).await.unwrap().is_none());
+    assert!(store.scan_batch_errors(None, 100).await.unwrap().is_empty());
+    assert!(store.audit_chain(Some(t), 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .scan_pipeline_versions(None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(tenant, _)| *tenant == u)
+    );
+    assert!(matches!(
+        store.erase_tenant(t).await,
+        Err(StoreError::NotFound)
+    ));
+    // The other tenant is untouched.
+    assert!(store.get_batch(u, q, kept.id).await.unwrap().is_some());
+    assert_eq!(store.audit_chain(Some(u), 0, 10).await.unwrap().len(), 1);
+}
+
+async fn pipelines_can_be_created_with_a_chosen_id(store: Arc<dyn Store>) {
+    let t = store.create_tenant("chosen").await.unwrap().id;
+    let id = Uuid::now_v7();
+    let p = store
+        .create_pipeline_with_id(id, t, "mine", &config(1), PipelineStatus::Paused, None)
+        .await
+        .unwrap();
+    assert_eq!(p.id, id);
+    assert_eq!(
+        store.get_pipeline(t, id).await.unwrap().unwrap().name,
+        "mine"
+    );
+    let again = store
+        .create_pipeline_with_id(id, t, "dup", &config(1), PipelineStatus::Paused, None)
+        .await;
+    assert!(again.is_err());
 }
