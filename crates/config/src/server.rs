@@ -32,6 +32,7 @@ const ENV_ALIASES: &[(&str, &[&str])] = &[
     ("SLUICE_LOG_FORMAT", &["log", "format"]),
     ("SLUICE_OUTBOUND_ALLOW_PRIVATE", &["outbound_allow_private"]),
     ("SLUICE_WORKER_THREADS", &["worker", "threads"]),
+    ("SLUICE_REDIS_URL", &["redis", "url"]),
 ];
 
 /// Which parts of the server this process runs.
@@ -81,6 +82,11 @@ pub struct ServerConfig {
     /// Seconds a SIGTERM waits for in-flight work before leases are
     /// released.
     pub shutdown_deadline_secs: u64,
+    pub tls: TlsConfig,
+    pub cors: CorsConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub lockout: LockoutConfig,
+    pub redis: RedisConfig,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +103,11 @@ impl Default for ServerConfig {
             keys: KeysConfig::default(),
             log: LogConfig::default(),
             shutdown_deadline_secs: 30,
+            tls: TlsConfig::default(),
+            cors: CorsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            lockout: LockoutConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -217,6 +228,138 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// TLS for the HTTP listener (R-SEC-3). With a certificate and key the
+/// listener speaks only TLS; both files are read again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_path: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+    /// Refuse to start unless `cert_path` and `key_path` are set.
+    pub required: bool,
+    /// `max-age` of the `Strict-Transport-Security` header sent over TLS.
+    pub hsts_max_age_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_path: None,
+            key_path: None,
+            required: false,
+            hsts_max_age_secs: 31_536_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the listener serves TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_path.is_some() && self.key_path.is_some()
+    }
+}
+
+/// Cross-origin requests from browsers (R-SEC-4). No origin is allowed
+/// unless listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins allowed to call the API (`https://app.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// Request rate limits (R-SEC-5), GCRA per key and per client address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Turn every rate limit on or off.
+    pub enabled: bool,
+    /// Failed authentications one client address may make per minute;
+    /// beyond it the answer is 429 instead of 401.
+    pub auth_failures_per_min: u32,
+    /// Management calls (everything but batch submission) per key and
+    /// minute.
+    pub management_per_min: u32,
+    /// Batch body bytes per key and second (the sustained ingest rate).
+    pub ingest_bytes_per_sec: u32,
+    /// Body bytes a key may send at once above the sustained rate.
+    pub ingest_burst_bytes: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auth_failures_per_min: 5,
+            management_per_min: 100,
+            ingest_bytes_per_sec: 256 << 20,
+            ingest_burst_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Locking out client addresses that keep failing to authenticate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Turn lockout on or off.
+    pub enabled: bool,
+    /// Failed authentications within `window_secs` that lock an address.
+    pub max_failures: u32,
+    /// Seconds over which failures are counted.
+    pub window_secs: u64,
+    /// Seconds a locked address is refused, even with a valid key.
+    pub duration_secs: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_failures: 5,
+            window_secs: 300,
+            duration_secs: 900,
+        }
+    }
+}
+
+/// Optional Redis that API nodes share rate-limit and lockout state in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` (`SLUICE_REDIS_URL`); unset: each node
+    /// keeps its own limits in memory.
+    pub url: Option<String>,
+    /// Prefix of every key Sluice writes.
+    pub key_prefix: String,
+    /// Milliseconds to wait for Redis before a request falls back to the
+    /// node's local limits.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "sluice:".into(),
+            timeout_ms: 250,
+        }
+    }
 }
 
 /// Why the config could not be loaded.
@@ -371,6 +514,76 @@ impl ServerConfig {
         if self.log.level.trim().is_empty() {
             problems.push(Problem::new("/log/level", "must not be empty"));
         }
+        self.check_edge(problems);
+    }
+}
+
+impl ServerConfig {
+    /// TLS, CORS, rate limits, lockout and Redis.
+    fn check_edge(&self, problems: &mut Vec<Problem>) {
+        let t = &self.tls;
+        if t.cert_path.is_some() != t.key_path.is_some() {
+            problems.push(Problem::new(
+                "/tls",
+                "cert_path and key_path must be set together",
+            ));
+        }
+        if t.required && !t.enabled() {
+            problems.push(Problem::new(
+                "/tls/required",
+                "TLS is required but cert_path and key_path are not set",
+            ));
+        }
+        for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && !origin.contains('*')
+                && origin.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                problems.push(Problem::new(
+                    format!("/cors/allowed_origins/{i}"),
+                    "must be an exact origin such as https://app.example.com (no path, no wildcard)",
+                ));
+            }
+        }
+        let r = &self.rate_limits;
+        for (name, value) in [
+            ("auth_failures_per_min", r.auth_failures_per_min),
+            ("management_per_min", r.management_per_min),
+            ("ingest_bytes_per_sec", r.ingest_bytes_per_sec),
+            ("ingest_burst_bytes", r.ingest_burst_bytes),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(
+                    format!("/rate_limits/{name}"),
+                    "must be positive (set enabled = false to turn limits off)",
+                ));
+            }
+        }
+        let l = &self.lockout;
+        for (name, value) in [
+            ("max_failures", u64::from(l.max_failures)),
+            ("window_secs", l.window_secs),
+            ("duration_secs", l.duration_secs),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(
+                    format!("/lockout/{name}"),
+                    "must be positive (set enabled = false to turn lockout off)",
+                ));
+            }
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.push(Problem::new(
+                "/redis/url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.redis.timeout_ms == 0 {
+            problems.push(Problem::new("/redis/timeout_ms", "must be positive"));
+        }
     }
 }
 
@@ -517,6 +730,33 @@ mod tests {
         assert!(paths.iter().any(|p| p.starts_with("/limits")), "{paths:?}");
         assert!(paths.iter().any(|p| p.starts_with("/role")), "{paths:?}");
         assert!(err.to_string().contains("invalid configuration"));
+    }
+
+    #[test]
+    fn edge_sections_are_checked() {
+        let c = ServerConfig::from_sources(None, env(&[])).unwrap();
+        assert!(c.rate_limits.enabled && c.lockout.enabled);
+        assert_eq!(c.rate_limits.auth_failures_per_min, 5);
+        assert_eq!(c.rate_limits.management_per_min, 100);
+        assert!(c.cors.allowed_origins.is_empty() && !c.tls.enabled());
+        let err = ServerConfig::from_sources(
+            Some(
+                "[tls]\nrequired = true\ncert_path = \"c.pem\"\n[cors]\nallowed_origins = [\"*\"]\n[lockout]\nmax_failures = 0\n",
+            ),
+            env(&[("SLUICE_REDIS_URL", "http://x")]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/tls",
+                "/tls/required",
+                "/cors/allowed_origins/0",
+                "/lockout/max_failures",
+                "/redis/url"
+            ]
+        );
     }
 
     #[test]

@@ -17,13 +17,13 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sluice_core::ErrorCode;
-use sluice_store::{NewApiKey, Role};
+use sluice_store::{ApiKey, NewApiKey, NewAuditEvent, Role};
 use uuid::Uuid;
 
 /// The header that carries the key.
@@ -117,24 +117,31 @@ impl Permission {
 }
 
 /// Middleware: resolve the `X-API-Key` header to a [`Principal`].
+///
+/// An address that is locked out (see [`crate::lockout`]) is refused
+/// before its key is looked at. Every failure counts towards the
+/// address's lockout and its auth-failure rate limit; beyond that limit a
+/// failure is answered 429 instead of 401.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let client = crate::state::client_addr(&req);
+    if let Some(left) = state.lockout().locked(&client).await {
+        metrics::counter!("sluice_auth_lockout_refusals_total").increment(1);
+        return Err(locked_out(left));
+    }
     let Some(secret) = req
         .headers()
         .get(API_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
     else {
-        security_event("auth.missing_key", &client);
-        return Err(unauthorized());
+        return Ok(failed(&state, "auth.missing_key", &client, None).await);
     };
     if !well_formed(secret) {
-        security_event("auth.malformed_key", &client);
-        return Err(unauthorized());
+        return Ok(failed(&state, "auth.malformed_key", &client, None).await);
     }
     let hash = hash_key(secret);
     let key = state
@@ -143,13 +150,11 @@ pub async fn authenticate(
         .await
         .map_err(ApiError::unavailable)?;
     let Some(key) = key else {
-        security_event("auth.unknown_key", &client);
-        return Err(unauthorized());
+        return Ok(failed(&state, "auth.unknown_key", &client, None).await);
     };
     if !key.is_valid_at(chrono::Utc::now()) {
-        security_event("auth.invalid_key", &client);
         crate::audit::record_auth_failure(&state, &key, &client).await;
-        return Err(unauthorized());
+        return Ok(failed(&state, "auth.invalid_key", &client, Some(&key)).await);
     }
     req.extensions_mut()
         .insert(crate::routes::ClientAddr(client.clone()));
@@ -160,6 +165,79 @@ pub async fn authenticate(
         pipeline_ids: key.pipeline_ids,
     });
     Ok(next.run(req).await)
+}
+
+/// The answer to a failed authentication: log it, count it towards the
+/// address's lockout and auth-failure limit, then 401 (or 429 when the
+/// address is over its limit or this failure locked it out).
+async fn failed(
+    state: &AppState,
+    event: &'static str,
+    client: &str,
+    key: Option<&ApiKey>,
+) -> Response {
+    security_event(event, client);
+    if let Some(duration) = state.lockout().record_failure(client).await {
+        lockout_started(state, client, key, duration).await;
+        return locked_out(duration).into_response();
+    }
+    let limits = state.rate_limits();
+    if limits.enabled() {
+        let decision = limits
+            .check(crate::ratelimit::Class::AuthFailure, client, 1)
+            .await;
+        if !decision.allowed {
+            return decision.refusal("too many failed authentications from this address");
+        }
+    }
+    unauthorized().into_response()
+}
+
+fn locked_out(left: std::time::Duration) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        "too many failed authentications from this address; it is locked out for a while",
+    )
+    .with_retry_after(left.as_millis().div_ceil(1000).max(1) as u64)
+}
+
+/// A lockout began: a security event for the SIEM, a metric, and an audit
+/// row in the tenant whose (revoked, expired or rotated-out) key was tried.
+async fn lockout_started(
+    state: &AppState,
+    client: &str,
+    key: Option<&ApiKey>,
+    duration: std::time::Duration,
+) {
+    let max_failures = state.config().lockout.max_failures;
+    tracing::warn!(
+        target: "sluice::security",
+        security_event = "auth.lockout",
+        client_addr = %client,
+        failures = max_failures,
+        lockout_secs = duration.as_secs(),
+        tenant_id = ?key.map(|k| k.tenant_id),
+        "client address locked out after repeated authentication failures"
+    );
+    metrics::counter!("sluice_auth_lockouts_total").increment(1);
+    let Some(key) = key else {
+        return;
+    };
+    let event = NewAuditEvent {
+        tenant_id: key.tenant_id,
+        actor_key_id: Some(key.id),
+        action: "auth.lockout".to_owned(),
+        target: Some(format!("address:{client}")),
+        request_id: Some(crate::error::current_request_id()),
+        client_addr: Some(client.to_owned()),
+        details: serde_json::json!({
+            "failures": max_failures,
+            "lockout_secs": duration.as_secs(),
+        }),
+    };
+    if let Err(error) = state.store().append_audit(event).await {
+        tracing::error!(%error, "writing audit event failed");
+    }
 }
 
 fn unauthorized() -> ApiError {

@@ -13,13 +13,17 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod headers;
 pub mod ingest;
 pub mod keyring;
+pub mod lockout;
 pub mod metrics;
 pub mod payload;
+pub mod ratelimit;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;
 
 use anyhow::Context;
@@ -38,9 +42,18 @@ pub struct RunningServer {
     pub state: AppState,
     tasks: Vec<JoinHandle<()>>,
     hard_stop: CancellationToken,
+    tls: Option<tls::Tls>,
 }
 
 impl RunningServer {
+    /// Read the TLS certificate and key again (as SIGHUP does).
+    pub async fn reload_tls(&self) -> anyhow::Result<()> {
+        match &self.tls {
+            Some(tls) => tls.reload().await,
+            None => anyhow::bail!("this server does not serve TLS"),
+        }
+    }
+
     /// Begin a graceful shutdown (as SIGTERM does).
     pub fn shutdown(&self) {
         self.state.shutdown().cancel();
@@ -76,7 +89,12 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
         .with_context(|| format!("opening database {}", sluice_store::redact_url(&url)))?;
     let payloads = payload::PayloadStore::open(config.storage.url.as_deref(), &config.data_dir)?;
     let keyring = keyring::Keyring::load(&config.data_dir)?;
+    let redis = ratelimit::SharedRedis::open(&config.redis)?;
+    let rate_limits = ratelimit::RateLimits::new(&config, redis.clone());
+    let lockout = lockout::Lockout::new(&config.lockout, redis);
     Ok(AppState::new(Inner {
+        rate_limits,
+        lockout,
         config,
         store,
         payloads,
@@ -92,6 +110,7 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let role = config.role;
     let listen = config.listen;
+    let tls = tls::Tls::load(&config.tls)?;
     let state = build_state(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -106,26 +125,51 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         routes::operations_router(state.clone())
     };
     let shutdown = state.shutdown().clone();
-    tasks.push(tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(%error, "the HTTP server failed");
+    match &tls {
+        None => tasks.push(tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(error) = axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "the HTTP server failed");
+            }
+        })),
+        Some(tls) => {
+            // The listener speaks only TLS (R-SEC-3).
+            let listener = listener.into_std()?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                stopper.graceful_shutdown(None);
+            });
+            tls::reload_on_sighup(tls.clone(), shutdown.clone());
+            let server = axum_server::from_tcp_rustls(listener, tls.rustls_config()).handle(handle);
+            tasks.push(tokio::spawn(async move {
+                let service = app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(error) = server.serve(service).await {
+                    tracing::error!(%error, "the HTTPS server failed");
+                }
+            }));
         }
-    }));
+    }
+    if role.runs_api() {
+        ratelimit::spawn_housekeeping(state.clone());
+    }
     if role.runs_workers() {
         let (s, h) = (state.clone(), hard_stop.clone());
         tasks.push(tokio::spawn(worker::run(s, h)));
     }
     // The port is logged on its own: the log redactor masks IP addresses.
-    tracing::info!(addr = %addr, port = addr.port(), role = ?role, version = env!("CARGO_PKG_VERSION"), "listening");
+    tracing::info!(addr = %addr, port = addr.port(), role = ?role, tls = tls.is_some(), version = env!("CARGO_PKG_VERSION"), "listening");
     Ok(RunningServer {
         addr,
         state,
         tasks,
         hard_stop,
+        tls,
     })
 }
 

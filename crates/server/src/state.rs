@@ -27,6 +27,10 @@ pub struct Inner {
     pub workers_running: AtomicBool,
     /// Wakes idle workers of this process when a batch is accepted.
     pub batch_notify: tokio::sync::Notify,
+    /// Request rate limits (per key, per client address).
+    pub rate_limits: crate::ratelimit::RateLimits,
+    /// Client addresses locked out after failed authentications.
+    pub lockout: crate::lockout::Lockout,
 }
 
 impl AppState {
@@ -64,6 +68,14 @@ impl AppState {
 
     pub fn batch_notify(&self) -> &tokio::sync::Notify {
         &self.0.batch_notify
+    }
+
+    pub fn rate_limits(&self) -> &crate::ratelimit::RateLimits {
+        &self.0.rate_limits
+    }
+
+    pub fn lockout(&self) -> &crate::lockout::Lockout {
+        &self.0.lockout
     }
 
     pub fn workers_running(&self) -> bool {

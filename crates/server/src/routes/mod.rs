@@ -3,8 +3,10 @@
 //!
 //! Layers, outermost first: request id (honoured if sent, else a new
 //! UUIDv7; set on the response and in a task-local for the envelope),
-//! HTTP metrics, panic catching; then per route: authentication, then
-//! authorization from the one table in [`permission_for`].
+//! security headers, CORS (only for configured origins), HTTP metrics,
+//! panic catching; then per route: authentication (with lockout and the
+//! auth-failure limit), the per-key rate limit, then authorization from
+//! the one table in [`permission_for`].
 
 pub mod audit;
 pub mod batches;
@@ -129,6 +131,10 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .route_layer(middleware::from_fn(expose_route))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            crate::ratelimit::limit_key,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(
@@ -148,7 +154,9 @@ pub fn router(state: AppState) -> Router {
             async move { Json(doc.as_ref().clone()) }
         }),
     );
-    Router::new()
+    let headers = crate::headers::SecurityHeaders::new(state.config());
+    let cors = crate::headers::cors_layer(state.config());
+    let app = Router::new()
         .nest(API_PREFIX, api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -159,8 +167,18 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(http_metrics))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
-        ))
-        .layer(middleware::from_fn(request_id))
+        ));
+    // CORS answers preflights itself, so it sits outside the routes; the
+    // security headers sit outside it, so preflights carry them too.
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(middleware::from_fn_with_state(
+        headers,
+        crate::headers::security_headers,
+    ))
+    .layer(middleware::from_fn(request_id))
 }
 
 /// What a worker-only process serves: health, readiness and metrics.
@@ -170,7 +188,11 @@ pub fn operations_router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            crate::headers::SecurityHeaders::new(state.config()),
+            crate::headers::security_headers,
+        ))
         .layer(middleware::from_fn(request_id))
 }
 
