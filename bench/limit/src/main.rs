@@ -39,8 +39,14 @@ fn run() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let started = Instant::now();
-    let reader = BufReader::with_capacity(1 << 20, File::open(&input).map_err(|e| format!("{input}: {e}"))?);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&output).map_err(|e| format!("{output}: {e}"))?);
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        File::open(&input).map_err(|e| format!("{input}: {e}"))?,
+    );
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&output).map_err(|e| format!("{output}: {e}"))?,
+    );
     let (mut records, mut bytes) = (0u64, 0u64);
     for line in reader.lines() {
         let line = line.map_err(|e| format!("{input}: {e}"))?;
@@ -48,7 +54,8 @@ fn run() -> Result<(), String> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut record: Value = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", records + 1))?;
+        let mut record: Value =
+            serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", records + 1))?;
         edit(&mut record, &pii);
         serde_json::to_writer(&mut out, &record).map_err(|e| e.to_string())?;
         out.write_all(b"\n").map_err(|e| e.to_string())?;
@@ -88,7 +95,11 @@ fn edit(record: &mut Value, pii: &Regex) {
 
 fn redact(s: &mut String, pii: &Regex) {
     if let std::borrow::Cow::Owned(new) = pii.replace_all(s, |c: &Captures<'_>| {
-        if c.name("email").is_some() { "[EMAIL]" } else { "[CREDIT_CARD]" }
+        if c.name("email").is_some() {
+            "[EMAIL]"
+        } else {
+            "[CREDIT_CARD]"
+        }
     }) {
         *s = new;
     }

@@ -221,11 +221,16 @@ async fn send_one(client: &HttpClient, args: &Args, batch: &Batch) -> Result<Sen
 
 /// As fast as the clients go: each takes the next batch when its last one
 /// was accepted.
-async fn closed_loop(client: HttpClient, args: Arc<Args>, batches: Arc<Vec<Batch>>) -> Result<Vec<Sent>> {
+async fn closed_loop(
+    client: HttpClient,
+    args: Arc<Args>,
+    batches: Arc<Vec<Batch>>,
+) -> Result<Vec<Sent>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (client, args, batches, next) = (client.clone(), args.clone(), batches.clone(), next.clone());
+        let (client, args, batches, next) =
+            (client.clone(), args.clone(), batches.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut sent = Vec::new();
             loop {
@@ -244,7 +249,12 @@ async fn closed_loop(client: HttpClient, args: Arc<Args>, batches: Arc<Vec<Batch
 }
 
 /// A steady rate: batch i starts at i / rate seconds, whatever the answers.
-async fn open_loop(client: HttpClient, args: Arc<Args>, batches: Arc<Vec<Batch>>, rate: f64) -> Result<Vec<Sent>> {
+async fn open_loop(
+    client: HttpClient,
+    args: Arc<Args>,
+    batches: Arc<Vec<Batch>>,
+    rate: f64,
+) -> Result<Vec<Sent>> {
     let count = (rate * args.duration).round() as usize;
     let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(count);
@@ -265,7 +275,11 @@ async fn open_loop(client: HttpClient, args: Arc<Args>, batches: Arc<Vec<Batch>>
 
 /// Waits until no batch of the pipeline is pending or processing, then
 /// returns `id -> (status, completed_at ms, succeeded, failed)`.
-async fn wait_sluice(client: &HttpClient, args: &Args, deadline: Instant) -> Result<HashMap<String, (String, f64, i64, i64)>> {
+async fn wait_sluice(
+    client: &HttpClient,
+    args: &Args,
+    deadline: Instant,
+) -> Result<HashMap<String, (String, f64, i64, i64)>> {
     let list = args.url.clone();
     let key = args.key.as_deref();
     loop {
@@ -317,7 +331,12 @@ async fn wait_sluice(client: &HttpClient, args: &Args, deadline: Instant) -> Res
 
 /// Waits until the node peer reports `records` delivered; returns the time
 /// of its last write.
-async fn wait_node(client: &HttpClient, stats: &str, records: usize, deadline: Instant) -> Result<(f64, u64)> {
+async fn wait_node(
+    client: &HttpClient,
+    stats: &str,
+    records: usize,
+    deadline: Instant,
+) -> Result<(f64, u64)> {
     loop {
         let v = get_json(client, stats, None).await?;
         let done = v["records"].as_u64().unwrap_or(0);
@@ -340,7 +359,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn num(x: f64) -> Value {
-    if x.is_finite() { json!((x * 1000.0).round() / 1000.0) } else { Value::Null }
+    if x.is_finite() {
+        json!((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
 }
 
 async fn run() -> Result<Value> {
@@ -361,7 +384,10 @@ async fn run() -> Result<Value> {
     };
     let records: usize = sent.iter().map(|s| s.records).sum();
     let bytes: usize = sent.iter().map(|s| s.bytes).sum();
-    let first = sent.iter().map(|s| s.start_ms).fold(f64::INFINITY, f64::min);
+    let first = sent
+        .iter()
+        .map(|s| s.start_ms)
+        .fold(f64::INFINITY, f64::min);
     let accepted = sent.iter().map(|s| s.end_ms).fold(0.0, f64::max);
     let mut post: Vec<f64> = sent.iter().map(|s| s.post_ms).collect();
     post.sort_by(f64::total_cmp);
@@ -384,10 +410,12 @@ async fn run() -> Result<Value> {
         }
         Wait::Sluice => {
             let seen = wait_sluice(&client, &args, deadline).await?;
-            let (mut last, mut succeeded, mut failed, mut not_completed) = (0.0f64, 0i64, 0i64, 0usize);
+            let (mut last, mut succeeded, mut failed, mut not_completed) =
+                (0.0f64, 0i64, 0i64, 0usize);
             let mut latency = Vec::with_capacity(sent.len());
             for s in &sent {
-                let Some((status, done, ok, bad)) = s.id.as_ref().and_then(|id| seen.get(id)) else {
+                let Some((status, done, ok, bad)) = s.id.as_ref().and_then(|id| seen.get(id))
+                else {
                     not_completed += 1;
                     continue;
                 };
@@ -421,7 +449,10 @@ async fn run() -> Result<Value> {
 }
 
 fn main() -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("loadgen: {error}");
