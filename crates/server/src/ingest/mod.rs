@@ -28,6 +28,37 @@ use uuid::Uuid;
 
 /// Bytes read from the (decompressed) body before a block is split.
 const BLOCK_BYTES: usize = 1 << 20;
+/// Block and output buffers kept for the next requests (two per request
+/// in flight). Reusing them keeps fresh pages (faulted in and zeroed by the
+/// kernel) out of the ingest path and stops every blocking thread's
+/// allocator from holding its own copies; see docs/performance.md.
+const POOLED_BUFFERS: usize = 16;
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn take_buffer() -> Vec<u8> {
+    let pooled = match BUFFERS.lock() {
+        Ok(mut pool) => pool.pop(),
+        Err(poisoned) => poisoned.into_inner().pop(),
+    };
+    pooled.unwrap_or_else(|| Vec::with_capacity(BLOCK_BYTES))
+}
+
+fn give_buffer(mut buf: Vec<u8>) {
+    // A buffer grown far past a block (a huge carried-over record) is not
+    // worth keeping.
+    if buf.capacity() > 4 * BLOCK_BYTES {
+        return;
+    }
+    buf.clear();
+    let mut pool = match BUFFERS.lock() {
+        Ok(pool) => pool,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if pool.len() < POOLED_BUFFERS {
+        pool.push(buf);
+    }
+}
+
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -168,11 +199,11 @@ async fn pump(
     mut writer: Option<PayloadWriter>,
     max_body_bytes: u64,
 ) -> ApiResult<PumpOutcome> {
-    let mut work = Some((splitter, hash, Vec::with_capacity(BLOCK_BYTES)));
+    let mut work = Some((splitter, hash, take_buffer(), take_buffer()));
     let mut body_bytes = 0u64;
     let result: ApiResult<(Splitter, Option<Sha256>)> = async {
         loop {
-            let Some((splitter, hash, mut block)) = work.take() else {
+            let Some((splitter, hash, mut block, spare)) = work.take() else {
                 return Err(ApiError::internal("ingest state lost"));
             };
             block.clear();
@@ -188,6 +219,7 @@ async fn pump(
             }
             let (splitter, hash, block, out, res) = tokio::task::spawn_blocking(move || {
                 let (mut splitter, mut hash) = (splitter, hash);
+                splitter.recycle(spare);
                 if let Some(h) = hash.as_mut() {
                     h.update(&block);
                 }
@@ -205,9 +237,11 @@ async fn pump(
                 w.write(&out).await.map_err(ApiError::unavailable)?;
             }
             if eof {
+                give_buffer(block);
+                give_buffer(out);
                 return Ok((splitter, hash));
             }
-            work = Some((splitter, hash, block));
+            work = Some((splitter, hash, block, out));
         }
     }
     .await;

@@ -97,12 +97,27 @@ impl Splitter {
         self.records
     }
 
-    /// The NDJSON produced so far (taken, so the buffer is reused).
+    /// The NDJSON produced so far.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }
 
+    /// Hands back a buffer from [`Splitter::take_output`] once its bytes
+    /// are written, so that the next block's output reuses it. Growing a
+    /// fresh buffer for every block was a fifth of the server's time under
+    /// load (new pages faulted in and zeroed by the kernel at each
+    /// doubling); see docs/performance.md.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.out.is_empty() && buf.capacity() > self.out.capacity() {
+            buf.clear();
+            self.out = buf;
+        }
+    }
+
     pub fn feed(&mut self, block: &[u8]) -> Result<(), SplitError> {
+        // The output of a block is at most the block plus a carried-over
+        // record and one newline per record: one reservation, no doubling.
+        self.out.reserve(block.len() + self.carry.len() + 64);
         match self.format {
             Format::Ndjson => self.feed_ndjson(block),
             Format::JsonArray => self.feed_array(block),
@@ -405,25 +420,30 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// Deepest nesting of `{`/`[` outside strings.
+/// Deepest nesting of `{`/`[` outside strings. String contents are
+/// skipped with `memchr` (from quote or backslash to the next), which most
+/// of a record's bytes are.
 fn max_depth(record: &[u8]) -> u32 {
     let mut depth = 0u32;
     let mut max = 0u32;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &c in record {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&c) = record.get(i) {
+        i += 1;
         match c {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // An unterminated string: the syntax check reports it.
+                let Some(rest) = record.get(i..) else {
+                    return max;
+                };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(p) if rest[p] == b'\\' => i += p + 2,
+                    Some(p) => {
+                        i += p + 1;
+                        break;
+                    }
+                    None => return max,
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -469,15 +489,42 @@ mod tests {
         block: usize,
         limits: Limits,
     ) -> Result<(Vec<u8>, u64), SplitError> {
+        // As `pump` does: each block's output is handed back for reuse.
         let mut s = Splitter::new(format, limits);
         let mut out = Vec::new();
         for chunk in body.chunks(block.max(1)) {
             s.feed(chunk)?;
-            out.extend(s.take_output());
+            let produced = s.take_output();
+            out.extend_from_slice(&produced);
+            s.recycle(produced);
         }
         s.finish()?;
         out.extend(s.take_output());
         Ok((out, s.records()))
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(max_depth(br#"{"a":"[[{{","b":[1,{"c":"\\"}]}"#), 3);
+        assert_eq!(max_depth(br#"{"a":"x\"[[[\"","b":{}}"#), 2);
+        assert_eq!(max_depth(br#"{"a":"\\\\","b":[[]]}"#), 3);
+        assert_eq!(max_depth(br#"{"a":"unterminated [[["#), 1);
+        assert_eq!(max_depth(br#"{"a":"ends in a backslash\"#), 1);
+        assert_eq!(max_depth(b"[[[[]]]]"), 4);
+    }
+
+    #[test]
+    fn the_output_buffer_is_reused_across_blocks() {
+        let mut s = Splitter::new(Format::Ndjson, LIMITS);
+        s.feed(b"{\"a\":1}\n{\"b\":2}\n").unwrap();
+        let first = s.take_output();
+        assert_eq!(first, b"{\"a\":1}\n{\"b\":2}\n");
+        let (ptr, cap) = (first.as_ptr(), first.capacity());
+        s.recycle(first);
+        s.feed(b"{\"c\":3}\n").unwrap();
+        let second = s.take_output();
+        assert_eq!(second, b"{\"c\":3}\n", "nothing of the first block is left");
+        assert_eq!((second.as_ptr(), second.capacity()), (ptr, cap));
     }
 
     #[test]
