@@ -161,6 +161,25 @@ pub(crate) fn normalize_field(name: &str, out: &mut String) {
         return;
     }
     let mut prev_lower = false;
+    if name.is_ascii() {
+        // Same rules, byte by byte (field names are nearly always ASCII).
+        for b in name.bytes() {
+            if b.is_ascii_uppercase() {
+                if prev_lower {
+                    out.push('_');
+                }
+                out.push(char::from(b.to_ascii_lowercase()));
+                prev_lower = false;
+            } else if b == b'-' || b == b'.' || b == b' ' {
+                out.push('_');
+                prev_lower = false;
+            } else {
+                out.push(char::from(b));
+                prev_lower = b.is_ascii_lowercase() || b.is_ascii_digit();
+            }
+        }
+        return;
+    }
     for c in name.chars() {
         if c.is_ascii_uppercase() {
             if prev_lower {

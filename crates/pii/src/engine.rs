@@ -542,10 +542,18 @@ impl Redactor {
 
     fn is_placeholder(&self, s: &str) -> bool {
         let t = s.trim();
-        if self.placeholders.contains(&t.to_lowercase()) {
-            return true;
-        }
-        is_token(t)
+        // Placeholders are short words; lower-case ASCII on the stack
+        // instead of allocating for every value of a sensitive field.
+        let mut buf = [0u8; 32];
+        let listed = match buf.get_mut(..t.len()) {
+            Some(lower) if t.is_ascii() => {
+                lower.copy_from_slice(t.as_bytes());
+                lower.make_ascii_lowercase();
+                std::str::from_utf8(lower).is_ok_and(|l| self.placeholders.contains(l))
+            }
+            _ => self.placeholders.contains(&t.to_lowercase()),
+        };
+        listed || is_token(t)
     }
 
     /// Detects spans in free text and rewrites them; `None` when nothing
@@ -642,7 +650,14 @@ impl Redactor {
 
     fn replacement(&self, kind: PiiType, action: Action, value: &str) -> String {
         match action {
-            Action::Mask => format!("[{}]", kind.as_str()),
+            Action::Mask => {
+                let name = kind.as_str();
+                let mut token = String::with_capacity(name.len() + 2);
+                token.push('[');
+                token.push_str(name);
+                token.push(']');
+                token
+            }
             Action::Remove => String::new(),
             Action::Partial => partial(value),
             Action::Hash => format!("[{}:{}]", kind.as_str(), self.pseudonym(kind, value)),

@@ -166,7 +166,9 @@ impl PersonFinder {
         if memchr::memchr(b' ', bytes).is_none() {
             return;
         }
-        let mut tokens = tokenize(text);
+        let mut bufs = Bufs::default();
+        let mut tokens = std::mem::take(&mut bufs.tokens);
+        tokenize(text, &mut tokens);
         if tokens.len() < 2 {
             return;
         }
@@ -178,7 +180,7 @@ impl PersonFinder {
                 t.cap = false;
             }
         }
-        let mut bufs = Bufs::default();
+        let mut run = Vec::new();
         let mut i = 0;
         while i < tokens.len() {
             if !tokens[i].cap {
@@ -187,7 +189,8 @@ impl PersonFinder {
             }
             // Grow a run of capitalised words joined by single spaces,
             // allowing lower-case particles (van, de, ...) inside.
-            let mut run = vec![i];
+            run.clear();
+            run.push(i);
             let mut j = i;
             while j + 1 < tokens.len() {
                 let gap = &text[tokens[j].end..tokens[j + 1].start];
@@ -225,7 +228,7 @@ impl PersonFinder {
         bufs: &mut Bufs,
         out: &mut Vec<Span>,
     ) {
-        let Bufs { folded, lower } = bufs;
+        let Bufs { folded, lower, .. } = bufs;
         // Strip leading and trailing stop words; a stripped leading word may
         // itself be the cue ("Customer Alessio Segni").
         let word = |k: usize| &text[tokens[k].start..tokens[k].end];
@@ -318,6 +321,7 @@ impl PersonFinder {
 struct Bufs {
     folded: String,
     lower: String,
+    tokens: Vec<Token>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,41 +343,81 @@ fn lower_into<'a>(s: &str, buf: &'a mut String) -> &'a str {
     buf.as_str()
 }
 
-/// Splits text into words (letters with inner apostrophes and hyphens).
-fn tokenize(text: &str) -> Vec<Token> {
-    let mut out = Vec::new();
+/// The character starting at byte `i` of `text` (a char boundary).
+fn char_at(text: &str, i: usize) -> Option<char> {
+    let b = *text.as_bytes().get(i)?;
+    if b < 0x80 {
+        Some(char::from(b))
+    } else {
+        text.get(i..)?.chars().next()
+    }
+}
+
+fn is_alpha_at(text: &str, i: usize) -> bool {
+    match text.as_bytes().get(i) {
+        None => false,
+        Some(b) if *b < 0x80 => b.is_ascii_alphabetic(),
+        Some(_) => char_at(text, i).is_some_and(char::is_alphabetic),
+    }
+}
+
+/// Splits text into words (letters with inner apostrophes and hyphens),
+/// into `out` (cleared first). ASCII is read byte by byte; only non-ASCII
+/// characters are decoded.
+fn tokenize(text: &str, out: &mut Vec<Token>) {
+    out.clear();
+    let bytes = text.as_bytes();
     let mut start: Option<usize> = None;
-    let mut iter = text.char_indices().peekable();
-    while let Some((i, c)) = iter.next() {
-        let joiner = (c == '\'' || c == '’' || c == '-')
-            && start.is_some()
-            && iter.peek().is_some_and(|(_, n)| n.is_alphabetic());
-        if c.is_alphabetic() || joiner {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (alpha, joiner_char, len) = if b < 0x80 {
+            (b.is_ascii_alphabetic(), b == b'\'' || b == b'-', 1)
+        } else {
+            match char_at(text, i) {
+                Some(c) => (c.is_alphabetic(), c == '’', c.len_utf8()),
+                None => (false, false, 1),
+            }
+        };
+        let joiner = joiner_char && start.is_some() && is_alpha_at(text, i + len);
+        if alpha || joiner {
             if start.is_none() {
                 start = Some(i);
             }
         } else if let Some(s) = start.take() {
             out.push(make_token(text, s, i));
         }
+        i += len;
     }
     if let Some(s) = start {
         out.push(make_token(text, s, text.len()));
     }
-    out
 }
 
 fn make_token(text: &str, start: usize, end: usize) -> Token {
+    let bytes = text.as_bytes();
     let word = &text[start..end];
+    // Only a word starting with an upper-case letter can be part of a name.
+    let upper = match bytes[start] {
+        b if b < 0x80 => b.is_ascii_uppercase(),
+        _ => word.chars().next().is_some_and(char::is_uppercase),
+    };
+    if !upper {
+        return Token {
+            start,
+            end,
+            cap: false,
+        };
+    }
     // A word glued to digits or '@', '.', '/', '_' on either side is part of
-    // an identifier, a path or an address, not a name.
-    let glued_before = text[..start]
-        .chars()
-        .next_back()
-        .is_some_and(|c| c.is_ascii_digit() || matches!(c, '@' | '/' | '_' | '.' | '\\'));
-    let glued_after = text[end..]
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_digit() || matches!(c, '@' | '/' | '_' | '\\'));
+    // an identifier, a path or an address, not a name. (Bytes of non-ASCII
+    // characters are never among these.)
+    let glued_before = start > 0
+        && (bytes[start - 1].is_ascii_digit()
+            || matches!(bytes[start - 1], b'@' | b'/' | b'_' | b'.' | b'\\'));
+    let glued_after = bytes
+        .get(end)
+        .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'@' | b'/' | b'_' | b'\\'));
     Token {
         start,
         end,

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 use aho_corasick::AhoCorasick;
 use regex_automata::hybrid;
 use regex_automata::meta::{BuildError, Regex};
+use regex_automata::nfa::thompson::backtrack::{self, BoundedBacktracker};
+use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternID};
 
@@ -68,8 +70,12 @@ struct Detector {
     require_before: Option<usize>,
     deny_before: Option<usize>,
     boundary: bool,
-    /// The pattern alone, for capture groups.
+    /// The pattern alone, for capture groups (fallback of `capture`).
     single: Regex,
+    /// For detectors that redact a group: a backtracker over the pattern
+    /// alone, run only on the match span (its cache is in [`ScanCache`],
+    /// at this detector's index).
+    capture: Option<BoundedBacktracker>,
 }
 
 /// What a string must contain for a group to be worth running.
@@ -95,7 +101,16 @@ struct Group {
 pub(crate) struct ScanCache {
     groups: Vec<hybrid::regex::Cache>,
     contexts: Vec<hybrid::regex::Cache>,
+    /// Backtracker cache and captures per detector (only for detectors
+    /// with a `capture`).
+    captures: Vec<Option<(backtrack::Cache, Captures)>>,
     candidates: Vec<Candidate>,
+}
+
+/// The per-call caches `accept` needs besides the group's own.
+struct Side<'a> {
+    contexts: &'a mut [hybrid::regex::Cache],
+    captures: &'a mut [Option<(backtrack::Cache, Captures)>],
 }
 
 /// All enabled pattern detectors, compiled.
@@ -320,6 +335,16 @@ impl Scanner {
             if spec.group_index >= single.group_info().group_len(PatternID::ZERO) {
                 return Err(err(format!("pattern has no group {}", spec.group_index)));
             }
+            let capture = if spec.group_index == 0 {
+                None
+            } else {
+                Some(
+                    backtrack::Builder::new()
+                        .syntax(syntax::Config::new().utf8(false))
+                        .build(&translated)
+                        .map_err(|e| err(e.to_string()))?,
+                )
+            };
             let require_before = compile_context(spec, spec.require_before.as_ref())?;
             let deny_before = compile_context(spec, spec.deny_before.as_ref())?;
             if !enabled[kind.index()] {
@@ -342,6 +367,7 @@ impl Scanner {
                 deny_before,
                 boundary: spec.boundary,
                 single,
+                capture,
             });
         }
         let mut groups = Vec::new();
@@ -406,6 +432,15 @@ impl Scanner {
         pooled.unwrap_or_else(|| ScanCache {
             groups: self.groups.iter().map(|g| g.dfa.create_cache()).collect(),
             contexts: self.contexts.iter().map(|c| c.dfa.create_cache()).collect(),
+            captures: self
+                .detectors
+                .iter()
+                .map(|d| {
+                    d.capture
+                        .as_ref()
+                        .map(|bt| (bt.create_cache(), bt.create_captures()))
+                })
+                .collect(),
             candidates: Vec::new(),
         })
     }
@@ -466,10 +501,14 @@ impl Scanner {
             if (n.any != 0 && features & n.any == 0) || features & n.all != n.all {
                 continue;
             }
+            let mut side = Side {
+                contexts: &mut cache.contexts,
+                captures: &mut cache.captures,
+            };
             self.scan_group(
                 group,
                 &mut cache.groups[gi],
-                &mut cache.contexts,
+                &mut side,
                 hay,
                 &mut candidates,
             );
@@ -494,7 +533,7 @@ impl Scanner {
         &self,
         group: &Group,
         cache: &mut hybrid::regex::Cache,
-        contexts: &mut [hybrid::regex::Cache],
+        side: &mut Side<'_>,
         hay: &[u8],
         out: &mut Vec<Candidate>,
     ) {
@@ -511,7 +550,7 @@ impl Scanner {
             let Some(m) = found else { break };
             let (s, e) = (m.start(), m.end());
             let order = group.detectors[m.pattern().as_usize()];
-            if let Some(span) = self.accept(order, hay, s, e, contexts) {
+            if let Some(span) = self.accept(order, hay, s, e, side) {
                 out.push(Candidate {
                     span,
                     match_start: s,
@@ -532,7 +571,7 @@ impl Scanner {
                     .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
                 let m2 = search(cache, &anchored);
                 if let Some(m2) = m2
-                    && let Some(span) = self.accept(other, hay, s, m2.end(), contexts)
+                    && let Some(span) = self.accept(other, hay, s, m2.end(), side)
                 {
                     out.push(Candidate {
                         span,
@@ -558,8 +597,9 @@ impl Scanner {
         hay: &[u8],
         s: usize,
         e: usize,
-        caches: &mut [hybrid::regex::Cache],
+        side: &mut Side<'_>,
     ) -> Option<Span> {
+        let caches = &mut *side.contexts;
         let d = self.detectors.get(i)?;
         if d.require_before.is_some() || d.deny_before.is_some() {
             // The context window, cut after the last token this engine
@@ -588,17 +628,29 @@ impl Scanner {
         // Nothing glued to a token this engine wrote is a new finding: the
         // text next to it was judged with its original neighbour, and
         // redacting twice must change nothing.
-        if token_ends_at(hay, s) || token_starts_at(hay, e) {
+        if joined_to_token(hay, s, e) {
             return None;
         }
         let (gs, ge) = if d.group == 0 {
             (s, e)
         } else {
-            let mut caps = d.single.create_captures();
             let input = Input::new(hay).range(s..e).anchored(Anchored::Yes);
-            d.single.search_captures(&input, &mut caps);
-            let g = caps.get_group(d.group)?;
-            (g.start, g.end)
+            let fast = match (&d.capture, side.captures.get_mut(i)) {
+                (Some(bt), Some(Some((cache, caps)))) if e - s <= bt.max_haystack_len() => bt
+                    .try_search(cache, &input, caps)
+                    .ok()
+                    .map(|()| caps.get_group(d.group).map(|g| (g.start, g.end))),
+                _ => None,
+            };
+            let group = match fast {
+                Some(g) => g,
+                None => {
+                    let mut caps = d.single.create_captures();
+                    d.single.search_captures(&input, &mut caps);
+                    caps.get_group(d.group).map(|g| (g.start, g.end))
+                }
+            };
+            group?
         };
         if gs >= ge {
             return None;
@@ -613,6 +665,20 @@ impl Scanner {
             kind: d.kind,
         })
     }
+}
+
+/// Whether `hay[s..e]` touches a token this engine wrote, directly or
+/// across one character that joins the parts of a number (" ", "+", "-",
+/// ".", "/"). In the original text that neighbour may have been part of the
+/// same number ("+1707418648+0424..." judged as one over-long number), so
+/// the part left standing next to its token must not become a finding when
+/// the output is redacted again.
+fn joined_to_token(hay: &[u8], s: usize, e: usize) -> bool {
+    let joiner = |b: u8| matches!(b, b' ' | b'+' | b'-' | b'.' | b'/');
+    token_ends_at(hay, s)
+        || token_starts_at(hay, e)
+        || (s > 0 && joiner(hay[s - 1]) && token_ends_at(hay, s - 1))
+        || (hay.get(e).copied().is_some_and(joiner) && token_starts_at(hay, e + 1))
 }
 
 /// Index of the next UTF-8 character start after `i`.
