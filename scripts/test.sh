@@ -16,6 +16,10 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
   fi
 fi
 
+# Servers the destination tests run against (clickhouse-server, s3s-fs):
+# installed once, quick when cached.
+./scripts/install-test-deps.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
