@@ -87,6 +87,12 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(".")),
         hash_key: hash_key(std::env::var("SLUICE_MASTER_KEY").ok().as_deref()),
+        // Like the server: private addresses only when the operator says so.
+        outbound: if std::env::var("SLUICE_OUTBOUND_ALLOW_PRIVATE").is_ok_and(|v| v == "true") {
+            sluice_outbound::Outbound::allowing_private()
+        } else {
+            sluice_outbound::Outbound::default()
+        },
     };
     let pipeline = match build_pipeline(&spec, &ctx) {
         Ok(p) => Arc::new(p),
@@ -464,6 +470,7 @@ mod tests {
             config_version: 1,
             output_root: PathBuf::from("."),
             hash_key: hash_key(Some("00")),
+            outbound: sluice_outbound::Outbound::default(),
         };
         let pipeline = Arc::new(build_pipeline(&spec, &ctx).unwrap());
         let whole = pipeline.process_part(Uuid::nil(), 0, input);
@@ -566,6 +573,7 @@ mod tests {
             config_version: 1,
             output_root: PathBuf::from("."),
             hash_key: hash_key(Some("00")),
+            outbound: sluice_outbound::Outbound::default(),
         };
         let pipeline = Arc::new(build_pipeline(&spec, &ctx).unwrap());
         let mut err = Vec::new();
@@ -606,6 +614,7 @@ mod tests {
             config_version: 1,
             output_root: dir.path().to_path_buf(),
             hash_key: hash_key(Some("00")),
+            outbound: sluice_outbound::Outbound::default(),
         };
         let pipeline = Arc::new(build_pipeline(&spec, &ctx).unwrap());
         let (mut out, mut err) = (Vec::new(), Vec::new());

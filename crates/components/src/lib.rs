@@ -60,6 +60,9 @@ pub struct BuildContext {
     pub output_root: PathBuf,
     /// Tenant-scoped secret for `hash` actions and `ctx.hash`.
     pub hash_key: Arc<[u8]>,
+    /// What outbound calls (webhooks, HTTP destinations, enrichment
+    /// providers) may reach, and the CAs they trust.
+    pub outbound: sluice_outbound::Outbound,
 }
 
 impl std::fmt::Debug for BuildContext {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for BuildContext {
             .field("config_version", &self.config_version)
             .field("output_root", &self.output_root)
             .field("hash_key", &"<redacted>")
+            .field("outbound", &self.outbound)
             .finish()
     }
 }
@@ -96,6 +100,7 @@ pub fn validate_pipeline(doc: &Value) -> Result<PipelineSpec, Vec<Problem>> {
         config_version: 0,
         output_root: PathBuf::from("."),
         hash_key: Arc::from(&b"sluice-validation-only"[..]),
+        outbound: sluice_outbound::Outbound::default(),
     };
     match PipelineSpec::parse(doc) {
         Ok(spec) => {
@@ -110,7 +115,7 @@ pub fn validate_pipeline(doc: &Value) -> Result<PipelineSpec, Vec<Problem>> {
             if let Some(Err(mut found)) = spec
                 .destination
                 .as_ref()
-                .map(|d| registry::build_destination(d, &ctx.output_root))
+                .map(|d| registry::check_destination(d, &ctx))
             {
                 problems.append(&mut found);
             }
@@ -174,7 +179,7 @@ pub fn build_pipeline(
     }
     let destination = match &spec.destination {
         None => None,
-        Some(d) => match registry::build_destination(d, &ctx.output_root) {
+        Some(d) => match registry::build_destination(d, ctx) {
             Ok(d) => Some(d),
             Err(mut found) => {
                 problems.append(&mut found);
@@ -482,6 +487,7 @@ pub(crate) mod test_support {
             config_version: 1,
             output_root: PathBuf::from("/nonexistent-sluice-test-root"),
             hash_key: Arc::from(&b"test tenant key"[..]),
+            outbound: sluice_outbound::Outbound::default(),
         }
     }
 

@@ -7,14 +7,13 @@
 //! finds, relative to its own config object; this module re-roots them
 //! under the component's place in the pipeline document.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use sluice_config::{DestinationSpec, ProcessorSpec};
 use sluice_core::{Destination, Problem};
 
-use crate::destinations::file;
-use crate::processors::{dedupe, filter, map, redact, script, validate};
+use crate::destinations::{file, webhook};
+use crate::processors::{dedupe, enrich_http, filter, map, redact, script, validate};
 use crate::{BuildContext, Stage};
 
 /// Build one processor; problems are located under `at` (`/processors/3`).
@@ -30,17 +29,41 @@ pub(crate) fn build_processor(
         ProcessorSpec::Redact(s) => redact::build(s, ctx).map(|p| Box::new(p) as _),
         ProcessorSpec::Script(s) => script::build(s, ctx).map(|p| Box::new(p) as _),
         ProcessorSpec::Dedupe(s) => dedupe::build(s).map(|p| Box::new(p) as _),
+        ProcessorSpec::EnrichHttp(s) => enrich_http::build(s, ctx, at).map(|p| Box::new(p) as _),
     };
     built.map_err(|problems| problems.into_iter().map(|p| p.under(at)).collect())
 }
 
-/// Build the destination; problems are located under `/destination`.
+/// Build the destination, wrapped with retries and its circuit breaker
+/// (`sluice_outbound::ResilientDestination`, keyed
+/// `<pipeline_id>/destination`); problems are located under
+/// `/destination`.
 pub(crate) fn build_destination(
     spec: &DestinationSpec,
-    output_root: &Path,
+    ctx: &BuildContext,
 ) -> Result<Arc<dyn Destination>, Vec<Problem>> {
+    let built = check_destination(spec, ctx)?;
+    let (retry, breaker) = spec.resilience();
+    let breaker = sluice_outbound::breaker(
+        &format!("{}/destination", ctx.pipeline_id),
+        "destination",
+        breaker,
+    );
+    Ok(Arc::new(sluice_outbound::ResilientDestination::new(
+        built,
+        sluice_outbound::Resilience::new(retry, breaker),
+    )))
+}
+
+/// Build the destination alone (validation: no breaker is registered).
+pub(crate) fn check_destination(
+    spec: &DestinationSpec,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn Destination>, Vec<Problem>> {
+    let output_root = ctx.output_root.as_path();
     let built: Result<Arc<dyn Destination>, Vec<Problem>> = match spec {
         DestinationSpec::File(s) => file::build(s, output_root).map(|d| Arc::new(d) as _),
+        DestinationSpec::Webhook(s) => webhook::build(s, ctx).map(|d| Arc::new(d) as _),
     };
     built.map_err(|problems| {
         problems

@@ -6,6 +6,7 @@
 //! every problem at once, each located by a JSON pointer, so a client (or
 //! an operator starting the server) fixes everything in one round trip.
 
+pub mod outbound;
 pub mod pipeline;
 pub mod secrets;
 pub mod server;
@@ -14,6 +15,10 @@ pub use pipeline::{
     CastType, CompareOp, Condition, DedupeSpec, DestinationSpec, FileDestinationSpec, FilterSpec,
     MapOp, MapSpec, OnError, PipelineSpec, ProcessorSpec, RedactSpec, SchemaDraft, ScriptSpec,
     SourceSpec, ValidateSpec,
+};
+pub use outbound::{
+    BreakerSpec, CacheSpec, EnrichHttpSpec, HttpMethod, ProviderPreset, ProviderSpec, RetrySpec,
+    WebhookDestinationSpec,
 };
 pub use secrets::{ComponentKind, SECRET_FIELDS, SecretField, secret_paths};
 pub use server::{ServerConfig, ServerRole};

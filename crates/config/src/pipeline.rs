@@ -95,6 +95,8 @@ pub enum ProcessorSpec {
     Script(ScriptSpec),
     /// Drop records whose key was seen within a time window.
     Dedupe(DedupeSpec),
+    /// Call HTTP providers (a waterfall) and merge their validated answer.
+    EnrichHttp(crate::outbound::EnrichHttpSpec),
 }
 
 impl ProcessorSpec {
@@ -107,6 +109,7 @@ impl ProcessorSpec {
             ProcessorSpec::Redact(_) => "redact",
             ProcessorSpec::Script(_) => "script",
             ProcessorSpec::Dedupe(_) => "dedupe",
+            ProcessorSpec::EnrichHttp(_) => "enrich_http",
         }
     }
 }
@@ -336,12 +339,15 @@ fn default_dedupe_capacity() -> usize {
 pub enum DestinationSpec {
     /// NDJSON files under the server's data directory.
     File(FileDestinationSpec),
+    /// Signed HTTPS POSTs of record chunks.
+    Webhook(crate::outbound::WebhookDestinationSpec),
 }
 
 impl DestinationSpec {
     pub fn type_name(&self) -> &'static str {
         match self {
             DestinationSpec::File(_) => "file",
+            DestinationSpec::Webhook(_) => "webhook",
         }
     }
 }
@@ -503,6 +509,7 @@ impl ProcessorSpec {
                 )),
             },
             ProcessorSpec::Redact(_) => {}
+            ProcessorSpec::EnrichHttp(e) => e.check(at, problems),
             ProcessorSpec::Script(s) => {
                 if s.source.trim().is_empty() {
                     problems.push(Problem::new(format!("{at}/source"), "must not be empty"));
@@ -638,6 +645,7 @@ impl DestinationSpec {
                     problems.push(Problem::new(format!("{at}/path"), message));
                 }
             }
+            DestinationSpec::Webhook(w) => w.check(at, problems),
         }
     }
 }

@@ -30,7 +30,8 @@ const ENV_ALIASES: &[(&str, &[&str])] = &[
     ("SLUICE_STORAGE_URL", &["storage", "url"]),
     ("SLUICE_LOG_LEVEL", &["log", "level"]),
     ("SLUICE_LOG_FORMAT", &["log", "format"]),
-    ("SLUICE_OUTBOUND_ALLOW_PRIVATE", &["outbound_allow_private"]),
+    ("SLUICE_OUTBOUND_ALLOW_PRIVATE", &["outbound", "allow_private"]),
+    ("SLUICE_OUTBOUND_EXTRA_CA_FILE", &["outbound", "extra_ca_file"]),
     ("SLUICE_WORKER_THREADS", &["worker", "threads"]),
     ("SLUICE_REDIS_URL", &["redis", "url"]),
 ];
@@ -71,9 +72,8 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     /// Parts of the server this process runs (`SLUICE_ROLE`).
     pub role: ServerRole,
-    /// Let outbound calls reach private and loopback addresses
-    /// (`SLUICE_OUTBOUND_ALLOW_PRIVATE`).
-    pub outbound_allow_private: bool,
+    /// Calls to webhooks, databases and enrichment providers.
+    pub outbound: OutboundConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub worker: WorkerConfig,
@@ -96,7 +96,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./sluice-data"),
             database_url: None,
             role: ServerRole::All,
-            outbound_allow_private: false,
+            outbound: OutboundConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             worker: WorkerConfig::default(),
@@ -110,6 +110,24 @@ impl Default for ServerConfig {
             redis: RedisConfig::default(),
         }
     }
+}
+
+/// Outbound calls (destinations, enrichment providers).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Let outbound calls reach private, loopback, link-local and other
+    /// non-public addresses (`SLUICE_OUTBOUND_ALLOW_PRIVATE`). Off by
+    /// default: a pipeline config must not be a way into the internal
+    /// network (SSRF).
+    pub allow_private: bool,
+    /// Non-public networks that are allowed even when `allow_private` is
+    /// off, as CIDRs (`10.1.2.0/24`, `fd00::/64`), e.g. an internal
+    /// ClickHouse.
+    pub allow_cidrs: Vec<String>,
+    /// PEM file of extra CA certificates trusted for outbound TLS, on top
+    /// of the built-in web PKI roots (`SLUICE_OUTBOUND_EXTRA_CA_FILE`).
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// Where batch payloads are stored.
@@ -514,6 +532,14 @@ impl ServerConfig {
         if self.log.level.trim().is_empty() {
             problems.push(Problem::new("/log/level", "must not be empty"));
         }
+        for (i, cidr) in self.outbound.allow_cidrs.iter().enumerate() {
+            if !is_cidr(cidr) {
+                problems.push(Problem::new(
+                    format!("/outbound/allow_cidrs/{i}"),
+                    "must be an IP network such as 10.1.2.0/24 or fd00::/64",
+                ));
+            }
+        }
         self.check_edge(problems);
     }
 }
@@ -589,6 +615,21 @@ impl ServerConfig {
 
 /// Decode each top-level section on its own so that every section's
 /// problem is reported, not only the first.
+/// `addr/prefix` with a prefix that fits the address family.
+fn is_cidr(text: &str) -> bool {
+    let Some((addr, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(prefix) = prefix.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => prefix <= 32,
+        Ok(std::net::IpAddr::V6(_)) => prefix <= 128,
+        Err(_) => false,
+    }
+}
+
 fn decode_sections(doc: &Map<String, Value>, problems: &mut Vec<Problem>) -> Option<ServerConfig> {
     let defaults = match serde_json::to_value(ServerConfig::default()) {
         Ok(Value::Object(m)) => m,

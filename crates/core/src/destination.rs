@@ -35,6 +35,9 @@ pub struct DeliveryError {
     pub kind: FailureKind,
     /// Safe to log and to show the tenant: no record data, no secrets.
     pub message: String,
+    /// The target asked to be called again no sooner than this
+    /// (`Retry-After`); the retry wrapper honours it up to its cap.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl DeliveryError {
@@ -42,6 +45,7 @@ impl DeliveryError {
         Self {
             kind: FailureKind::Transient,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -49,6 +53,7 @@ impl DeliveryError {
         Self {
             kind: FailureKind::Permanent,
             message: message.into(),
+            retry_after: None,
         }
     }
 }

@@ -89,6 +89,8 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
         .with_context(|| format!("opening database {}", sluice_store::redact_url(&url)))?;
     let payloads = payload::PayloadStore::open(config.storage.url.as_deref(), &config.data_dir)?;
     let keyring = keyring::Keyring::load(&config.data_dir)?;
+    let outbound =
+        sluice_outbound::Outbound::from_config(&config.outbound).context("outbound settings")?;
     let redis = ratelimit::SharedRedis::open(&config.redis)?;
     let rate_limits = ratelimit::RateLimits::new(&config, redis.clone());
     let lockout = lockout::Lockout::new(&config.lockout, redis);
@@ -103,6 +105,7 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
         shutdown: CancellationToken::new(),
         workers_running: AtomicBool::new(false),
         batch_notify: tokio::sync::Notify::new(),
+        outbound,
     }))
 }
 

@@ -27,6 +27,8 @@ pub struct Inner {
     pub workers_running: AtomicBool,
     /// Wakes idle workers of this process when a batch is accepted.
     pub batch_notify: tokio::sync::Notify,
+    /// What outbound calls may reach (`[outbound]`), for building pipelines.
+    pub outbound: sluice_outbound::Outbound,
     /// Request rate limits (per key, per client address).
     pub rate_limits: crate::ratelimit::RateLimits,
     /// Client addresses locked out after failed authentications.
@@ -68,6 +70,10 @@ impl AppState {
 
     pub fn batch_notify(&self) -> &tokio::sync::Notify {
         &self.0.batch_notify
+    }
+
+    pub fn outbound(&self) -> &sluice_outbound::Outbound {
+        &self.0.outbound
     }
 
     pub fn rate_limits(&self) -> &crate::ratelimit::RateLimits {

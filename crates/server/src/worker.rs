@@ -201,6 +201,7 @@ impl Worker {
             config_version: version.version,
             output_root: self.state.output_root(pipeline.tenant_id),
             hash_key: self.state.keyring().tenant_hash_key(pipeline.tenant_id),
+            outbound: self.state.outbound().clone(),
         };
         let built = tokio::task::spawn_blocking(move || build_pipeline(&spec, &ctx))
             .await

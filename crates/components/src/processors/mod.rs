@@ -3,6 +3,7 @@
 //! processor's own config object; `registry.rs` wires them in.
 
 pub(crate) mod dedupe;
+pub(crate) mod enrich_http;
 pub(crate) mod filter;
 pub(crate) mod map;
 pub(crate) mod redact;

@@ -52,6 +52,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         }
         Err(error) => tracing::warn!(%error, "metrics: reading queue depths failed"),
     }
+    // An open breaker whose cooldown has passed reads as half-open.
+    sluice_outbound::breaker::refresh_gauges();
     let text = state.metrics().map(|h| h.render()).unwrap_or_default();
     (
         [(

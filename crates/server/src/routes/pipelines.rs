@@ -36,6 +36,60 @@ pub struct PipelineView {
     /// Only in `GET /pipelines/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<PipelineMetrics>,
+    /// Only in `GET /pipelines/{id}`: circuit breakers and retries of the
+    /// pipeline's outbound calls, as seen by this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryView>,
+}
+
+/// Outbound call health of one pipeline (R-DEL-2), from the circuit
+/// breakers of this process (each worker process keeps its own).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    /// The destination's breaker, and one per enrichment provider that has
+    /// been called.
+    pub breakers: Vec<BreakerView>,
+    /// Retries of outbound calls since the process started.
+    pub retries_total: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerView {
+    /// `destination`, or `processors/<i>/<provider>`.
+    pub target: String,
+    /// `destination` or `provider`.
+    pub kind: String,
+    /// `closed`, `half_open` or `open`.
+    pub state: String,
+    /// Transient failures among the last `window` calls.
+    pub failures_in_window: u32,
+    pub window: u32,
+    /// Times the breaker opened since the process started.
+    pub opened_total: u64,
+    pub retries_total: u64,
+    pub calls_total: u64,
+}
+
+/// The pipeline's breakers in this process.
+pub fn delivery_of(pipeline_id: Uuid) -> DeliveryView {
+    let prefix = format!("{pipeline_id}/");
+    let breakers: Vec<BreakerView> = sluice_outbound::snapshots(&prefix)
+        .into_iter()
+        .map(|s| BreakerView {
+            target: s.target[prefix.len()..].to_owned(),
+            kind: s.kind.to_owned(),
+            state: s.state.as_str().to_owned(),
+            failures_in_window: s.failures_in_window,
+            window: s.window,
+            opened_total: s.opened_total,
+            retries_total: s.retries_total,
+            calls_total: s.calls_total,
+        })
+        .collect();
+    DeliveryView {
+        retries_total: breakers.iter().map(|b| b.retries_total).sum(),
+        breakers,
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -113,6 +167,7 @@ impl PipelineView {
             created_at: p.created_at,
             updated_at: p.updated_at,
             metrics,
+            delivery: None,
         }
     }
 }
@@ -267,10 +322,10 @@ pub async fn get(
         .store()
         .pipeline_stats(principal.tenant_id, pipeline.id)
         .await?;
-    Ok(Envelope::ok(PipelineView::from_row(
-        pipeline,
-        Some(metrics_of(stats)),
-    )))
+    let id = pipeline.id;
+    let mut view = PipelineView::from_row(pipeline, Some(metrics_of(stats)));
+    view.delivery = Some(delivery_of(id));
+    Ok(Envelope::ok(view))
 }
 
 /// Replace the config: a new immutable version.
