@@ -159,7 +159,11 @@ async fn outage_script(
             b["status"] != "completed"
                 && b["error"]
                     .as_str()
-                    .is_some_and(|e| e.contains(&prefix) && e.contains("timed out"))
+                    // A timeout, or the breaker the timeouts opened.
+                    .is_some_and(|e| {
+                        e.contains(&prefix)
+                            && (e.contains("timed out") || e.contains("circuit breaker"))
+                    })
         },
     )
     .await;

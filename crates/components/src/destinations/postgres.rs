@@ -359,7 +359,7 @@ fn classify(e: &sqlx::Error) -> DeliveryError {
         sqlx::Error::Io(io) => {
             DeliveryError::transient(format!("connection failed: {}", io.kind()))
         }
-        sqlx::Error::PoolTimedOut => DeliveryError::transient("no connection within the timeout"),
+        sqlx::Error::PoolTimedOut => DeliveryError::transient("timed out waiting for a connection"),
         _ => DeliveryError::transient(format!("{e}")),
     }
 }

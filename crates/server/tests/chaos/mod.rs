@@ -2,11 +2,12 @@
 //! server (PostgreSQL, ClickHouse, an S3 server) and makes the target look
 //! stopped, flapping or slow without touching the server itself.
 //!
-//! Modes apply to new connections; switching modes cuts every open one,
-//! as a restart or a network partition would:
+//! Switching modes cuts every open connection, as a restart or a network
+//! partition would — except switching to `Stall`, which open connections
+//! obey too (a server that becomes slow under a client's feet):
 //! - `Refuse`: accept and reset at once (a stopped server).
 //! - `Forward`: relay both ways (a healthy server).
-//! - `Stall`: relay requests to the server but hold back its answers until
+//! - `Stall`: relay requests to the server but swallow its answers until
 //!   the mode changes. The server does the work (an insert commits, an
 //!   object is stored) while the client times out — the case that turns
 //!   into duplicates unless redelivery is idempotent.
@@ -88,16 +89,19 @@ impl ChaosProxy {
                     s.stalled.fetch_add(1, Ordering::SeqCst);
                 }
                 let gen_rx = s.generation.subscribe();
-                tokio::spawn(relay(client, s.upstream, mode == Mode::Stall, gen_rx));
+                tokio::spawn(relay(client, s.clone(), gen_rx));
             }
         });
         ChaosProxy { addr, shared, task }
     }
 
-    /// Switch mode; every open connection is cut.
+    /// Switch mode; open connections are cut, unless the new mode is
+    /// `Stall` (they stall too).
     pub fn set(&self, mode: Mode) {
         *self.shared.mode.lock().unwrap() = mode;
-        self.shared.generation.send_modify(|g| *g += 1);
+        if mode != Mode::Stall {
+            self.shared.generation.send_modify(|g| *g += 1);
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -114,13 +118,8 @@ impl ChaosProxy {
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    upstream: SocketAddr,
-    stall: bool,
-    mut generation: watch::Receiver<u64>,
-) {
-    let Ok(server) = TcpStream::connect(upstream).await else {
+async fn relay(client: TcpStream, shared: Arc<Shared>, mut generation: watch::Receiver<u64>) {
+    let Ok(server) = TcpStream::connect(shared.upstream).await else {
         let _ = client.set_linger(Some(std::time::Duration::ZERO));
         return;
     };
@@ -142,22 +141,22 @@ async fn relay(
             }
         }
     };
-    // Server → client: relayed, or swallowed while stalling.
+    // Server → client: relayed, or swallowed while stalling (the
+    // connection is cut when the stall ends: its stream lost bytes).
     let down = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match sr.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let stall = *shared.mode.lock().unwrap() == Mode::Stall;
                     if !stall && cw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                 }
             }
         }
-        if !stall {
-            let _ = cw.shutdown().await;
-        }
+        let _ = cw.shutdown().await;
         // Keep the client waiting until it gives up or the mode changes.
         std::future::pending::<()>().await;
     };
