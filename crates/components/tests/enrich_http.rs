@@ -10,13 +10,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sluice_components::{BuildContext, CompiledPipeline, PartOutput, build_pipeline, validate_pipeline};
+use sluice_components::{
+    BuildContext, CompiledPipeline, PartOutput, build_pipeline, validate_pipeline,
+};
 use sluice_outbound::Outbound;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Clone, Default)]
@@ -62,23 +63,31 @@ async fn provider(ip: &str, redirect_to: Option<String>) -> (SocketAddr, Hits) {
         )
         .route(
             "/lookup",
-            post(|State(h): State<Hits>, Json(body): Json<Value>| async move {
-                h.hit("lookup");
-                Json(json!({"country": "DE", "asked": body}))
-            }),
+            post(
+                |State(h): State<Hits>, Json(body): Json<Value>| async move {
+                    h.hit("lookup");
+                    Json(json!({"country": "DE", "asked": body}))
+                },
+            ),
         )
         .route(
             "/v1/chat/completions",
             post(
                 |State(h): State<Hits>, headers: HeaderMap, Json(body): Json<Value>| async move {
                     h.hit("chat");
-                    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+                    if headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
                         != Some("Bearer sk-test-key")
                     {
                         return StatusCode::UNAUTHORIZED.into_response();
                     }
                     let prompt = body["messages"][1]["content"].as_str().unwrap_or_default();
-                    let sentiment = if prompt.contains("love") { "positive" } else { "negative" };
+                    let sentiment = if prompt.contains("love") {
+                        "positive"
+                    } else {
+                        "negative"
+                    };
                     assert_eq!(body["model"], "tiny-test-model");
                     Json(json!({"choices": [{"message": {"role": "assistant",
                         "content": format!("```json\n{{\"sentiment\": \"{sentiment}\"}}\n```")}}]}))
@@ -151,16 +160,20 @@ async fn the_waterfall_falls_through_to_a_valid_answer_and_caches_it() {
     let base = format!("http://{addr}");
     let pipeline = build(
         json!({"name": "e", "processors": [{"type": "enrich_http", "target": "/geo",
-            "schema": geo_schema(),
-            "providers": [
-                {"name": "down", "url": format!("{base}/fail"), "allow_http": true, "retry": fast_retry()},
-                {"name": "wrong", "url": format!("{base}/invalid/{{/ip}}"), "allow_http": true},
-                {"name": "geo", "url": format!("{base}/geo/{{/ip}}"), "result_pointer": "/data", "allow_http": true},
-                {"name": "never", "url": format!("{base}/lookup"), "body": {"ip": "{/ip}"}, "allow_http": true}
-            ]}]}),
+        "schema": geo_schema(),
+        "providers": [
+            {"name": "down", "url": format!("{base}/fail"), "allow_http": true, "retry": fast_retry()},
+            {"name": "wrong", "url": format!("{base}/invalid/{{/ip}}"), "allow_http": true},
+            {"name": "geo", "url": format!("{base}/geo/{{/ip}}"), "result_pointer": "/data", "allow_http": true},
+            {"name": "never", "url": format!("{base}/lookup"), "body": {"ip": "{/ip}"}, "allow_http": true}
+        ]}]}),
         Outbound::allowing_private(),
     );
-    let out = run(&pipeline, &[json!({"ip": "1.2.3.4"}), json!({"ip": "5.6.7.8"})]).await;
+    let out = run(
+        &pipeline,
+        &[json!({"ip": "1.2.3.4"}), json!({"ip": "5.6.7.8"})],
+    )
+    .await;
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     let recs = outputs(&out);
     assert_eq!(recs[0]["geo"], json!({"country": "NL", "ip": "1.2.3.4"}));
@@ -174,7 +187,14 @@ async fn the_waterfall_falls_through_to_a_valid_answer_and_caches_it() {
 
     // The same records again: answered from the cache, no call at all.
     let before = hits.total();
-    let again = run(&pipeline, &[json!({"ip": "1.2.3.4", "other": 1}), json!({"ip": "5.6.7.8"})]).await;
+    let again = run(
+        &pipeline,
+        &[
+            json!({"ip": "1.2.3.4", "other": 1}),
+            json!({"ip": "5.6.7.8"}),
+        ],
+    )
+    .await;
     assert!(again.failures.is_empty());
     assert_eq!(outputs(&again)[0]["geo"]["country"], "NL");
     assert_eq!(hits.total(), before, "served from the cache");
@@ -189,24 +209,36 @@ async fn a_record_fails_with_enrich_failed_when_every_provider_fails() {
     let base = format!("http://{addr}");
     let pipeline = build(
         json!({"name": "e", "processors": [{"type": "enrich_http", "target": "/geo",
-            "schema": geo_schema(), "cache": {"max_entries": 0},
-            "providers": [
-                {"name": "down", "url": format!("{base}/fail"), "allow_http": true, "retry": fast_retry()},
-                {"name": "wrong", "url": format!("{base}/invalid/{{/ip}}"), "allow_http": true},
-                {"name": "needs-field", "url": format!("{base}/geo/{{/missing}}"), "allow_http": true}
-            ]}]}),
+        "schema": geo_schema(), "cache": {"max_entries": 0},
+        "providers": [
+            {"name": "down", "url": format!("{base}/fail"), "allow_http": true, "retry": fast_retry()},
+            {"name": "wrong", "url": format!("{base}/invalid/{{/ip}}"), "allow_http": true},
+            {"name": "needs-field", "url": format!("{base}/geo/{{/missing}}"), "allow_http": true}
+        ]}]}),
         Outbound::allowing_private(),
     );
-    let out = run(&pipeline, &[json!({"ip": "1.2.3.4", "email": "jane@example.com"})]).await;
+    let out = run(
+        &pipeline,
+        &[json!({"ip": "1.2.3.4", "email": "jane@example.com"})],
+    )
+    .await;
     assert_eq!(out.records_out, 0);
     assert_eq!(out.failures.len(), 1);
     let f = &out.failures[0];
     assert_eq!(f.code.as_str(), "ENRICH_FAILED");
     assert_eq!(f.processor_type, "enrich_http");
-    for name in ["down: answered 500", "wrong: the result does not match the schema", "needs-field: the record has no `/missing`"] {
+    for name in [
+        "down: answered 500",
+        "wrong: the result does not match the schema",
+        "needs-field: the record has no `/missing`",
+    ] {
         assert!(f.message.contains(name), "{}", f.message);
     }
-    assert!(!f.message.contains("1.2.3.4") && !f.message.contains("jane"), "{}", f.message);
+    assert!(
+        !f.message.contains("1.2.3.4") && !f.message.contains("jane"),
+        "{}",
+        f.message
+    );
     assert_eq!(hits.get("geo"), 0);
 }
 
@@ -225,7 +257,11 @@ async fn the_openai_chat_preset_parses_the_model_answer() {
             "providers": [provider("sk-test-key")]}]}),
         Outbound::allowing_private(),
     );
-    let out = run(&pipeline, &[json!({"text": "I love it"}), json!({"text": "meh"})]).await;
+    let out = run(
+        &pipeline,
+        &[json!({"text": "I love it"}), json!({"text": "meh"})],
+    )
+    .await;
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     let recs = outputs(&out);
     assert_eq!(recs[0]["ai"], json!({"sentiment": "positive"}));
@@ -238,7 +274,11 @@ async fn the_openai_chat_preset_parses_the_model_answer() {
         Outbound::allowing_private(),
     );
     let out = run(&wrong_key, &[json!({"text": "x"})]).await;
-    assert!(out.failures[0].message.contains("answered 401"), "{}", out.failures[0].message);
+    assert!(
+        out.failures[0].message.contains("answered 401"),
+        "{}",
+        out.failures[0].message
+    );
     assert!(!out.failures[0].message.contains("sk-wrong"));
     assert_eq!(hits.get("chat"), 3, "a 401 is not retried");
 }
@@ -248,17 +288,19 @@ async fn an_open_breaker_stops_calling_the_provider() {
     let (addr, hits) = provider("127.0.0.1", None).await;
     let pipeline = build(
         json!({"name": "e", "processors": [{"type": "enrich_http", "target": "/geo",
-            "cache": {"max_entries": 0},
-            "providers": [
-                {"name": "down", "url": format!("http://{addr}/fail"), "allow_http": true,
-                 "retry": {"max_retries": 0, "initial_backoff_ms": 1, "max_backoff_ms": 1},
-                 "breaker": {"window": 4, "failures": 2, "cooldown_secs": 3600}},
-                {"name": "backup", "url": format!("http://{addr}/geo/{{/ip}}"), "allow_http": true,
-                 "result_pointer": "/data"}
-            ]}]}),
+        "cache": {"max_entries": 0},
+        "providers": [
+            {"name": "down", "url": format!("http://{addr}/fail"), "allow_http": true,
+             "retry": {"max_retries": 0, "initial_backoff_ms": 1, "max_backoff_ms": 1},
+             "breaker": {"window": 4, "failures": 2, "cooldown_secs": 3600}},
+            {"name": "backup", "url": format!("http://{addr}/geo/{{/ip}}"), "allow_http": true,
+             "result_pointer": "/data"}
+        ]}]}),
         Outbound::allowing_private(),
     );
-    let records: Vec<Value> = (0..6).map(|i| json!({"ip": format!("10.0.0.{i}")})).collect();
+    let records: Vec<Value> = (0..6)
+        .map(|i| json!({"ip": format!("10.0.0.{i}")}))
+        .collect();
     let out = run(&pipeline, &records).await;
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     assert_eq!(hits.get("fail"), 2, "the breaker opened after 2 failures");
@@ -267,7 +309,11 @@ async fn an_open_breaker_stops_calling_the_provider() {
         .into_iter()
         .filter(|s| s.target.ends_with("/processors/0/down"))
         .collect();
-    assert!(open.iter().any(|s| s.state == sluice_outbound::BreakerState::Open), "{open:?}");
+    assert!(
+        open.iter()
+            .any(|s| s.state == sluice_outbound::BreakerState::Open),
+        "{open:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,8 +330,10 @@ async fn denied_addresses_are_never_called() {
     let providers: Vec<Value> = urls
         .iter()
         .enumerate()
-        .map(|(i, u)| json!({"name": format!("p{i}"), "url": u, "allow_http": true,
-            "retry": {"max_retries": 3, "initial_backoff_ms": 1, "max_backoff_ms": 5}}))
+        .map(|(i, u)| {
+            json!({"name": format!("p{i}"), "url": u, "allow_http": true,
+            "retry": {"max_retries": 3, "initial_backoff_ms": 1, "max_backoff_ms": 5}})
+        })
         .collect();
     let pipeline = build(
         json!({"name": "e", "processors": [{"type": "enrich_http", "target": "/geo", "providers": providers}]}),
@@ -323,7 +371,9 @@ async fn denied_addresses_are_never_called() {
     let out = run(&pipeline, &[json!({"ip": "1.2.3.4"})]).await;
     assert_eq!(out.failures.len(), 1);
     assert!(
-        out.failures[0].message.contains("destination address is private"),
+        out.failures[0]
+            .message
+            .contains("destination address is private"),
         "{}",
         out.failures[0].message
     );
@@ -341,7 +391,12 @@ fn invalid_provider_configs_are_located() {
     .unwrap_err();
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert!(paths.contains(&"/processors/0/target"), "{paths:?}");
-    assert!(paths.contains(&"/processors/0/providers/0/url"), "{paths:?}");
-    assert!(paths.contains(&"/processors/0/providers/1/prompt"), "{paths:?}");
-    let _ = Duration::ZERO;
+    assert!(
+        paths.contains(&"/processors/0/providers/0/url"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/processors/0/providers/1/prompt"),
+        "{paths:?}"
+    );
 }

@@ -385,9 +385,13 @@ impl ProviderSpec {
         match self.preset {
             None => {
                 match &self.url {
-                    Some(url) => {
-                        check_url(url, self.allow_http, &format!("{at}/url"), problems, "allow_http")
-                    }
+                    Some(url) => check_url(
+                        url,
+                        self.allow_http,
+                        &format!("{at}/url"),
+                        problems,
+                        "allow_http",
+                    ),
                     None => misplaced("url", problems, "required (or set a `preset`)"),
                 }
                 for (field, set) in [
@@ -534,16 +538,25 @@ mod tests {
 
     #[test]
     fn webhook_urls_are_https_without_credentials() {
-        let ok = problems_of_webhook(json!({"url": "https://hooks.example.com/x", "secret": "0123456789abcdef"}));
+        let ok = problems_of_webhook(
+            json!({"url": "https://hooks.example.com/x", "secret": "0123456789abcdef"}),
+        );
         assert!(ok.is_empty(), "{ok:?}");
-        let http = problems_of_webhook(json!({"url": "http://hooks.example.com/x", "secret": "0123456789abcdef"}));
+        let http = problems_of_webhook(
+            json!({"url": "http://hooks.example.com/x", "secret": "0123456789abcdef"}),
+        );
         assert_eq!(http, vec!["/url"]);
-        let allowed = problems_of_webhook(json!({"url": "http://127.0.0.1:9/x", "secret": "0123456789abcdef", "allow_http": true}));
+        let allowed = problems_of_webhook(
+            json!({"url": "http://127.0.0.1:9/x", "secret": "0123456789abcdef", "allow_http": true}),
+        );
         assert!(allowed.is_empty());
-        let creds = problems_of_webhook(json!({"url": "https://u:p@example.com/", "secret": "short"}));
+        let creds =
+            problems_of_webhook(json!({"url": "https://u:p@example.com/", "secret": "short"}));
         assert_eq!(creds, vec!["/url", "/secret"]);
-        let bad = problems_of_webhook(json!({"url": "file:///etc/passwd", "secret": "0123456789abcdef",
-            "chunk_records": 0, "breaker": {"window": 2, "failures": 3}}));
+        let bad = problems_of_webhook(
+            json!({"url": "file:///etc/passwd", "secret": "0123456789abcdef",
+            "chunk_records": 0, "breaker": {"window": 2, "failures": 3}}),
+        );
         assert_eq!(bad, vec!["/url", "/chunk_records", "/breaker/failures"]);
     }
 

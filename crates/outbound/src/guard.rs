@@ -264,6 +264,11 @@ mod tests {
             allow_private: true,
             ..AddressPolicy::default()
         };
-        assert!(!resolve_allowed("localhost", 80, &open).await.unwrap().is_empty());
+        assert!(
+            !resolve_allowed("localhost", 80, &open)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

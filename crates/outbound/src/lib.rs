@@ -337,12 +337,7 @@ impl Destination for ResilientDestination {
     async fn write(&self, part: &OutputPart) -> Result<(), DeliveryError> {
         let inner = &self.inner;
         self.resilience
-            .run(|| async move {
-                inner
-                    .write(part)
-                    .await
-                    .map_err(CallError::from_delivery)
-            })
+            .run(|| async move { inner.write(part).await.map_err(CallError::from_delivery) })
             .await
             .map_err(CallError::into_delivery)
     }
@@ -373,7 +368,9 @@ where
             .ok()
     });
     let Some(runtime) = runtime else {
-        return Err(CallError::transient("the outbound runtime is not available"));
+        return Err(CallError::transient(
+            "the outbound runtime is not available",
+        ));
     };
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {

@@ -151,7 +151,10 @@ mod tests {
 
     #[tokio::test]
     async fn transient_failures_are_retried_until_success() {
-        let r = Resilience::new(fast(3), breaker("retry/ok", "destination", BreakerSpec::default()));
+        let r = Resilience::new(
+            fast(3),
+            breaker("retry/ok", "destination", BreakerSpec::default()),
+        );
         let calls = AtomicU32::new(0);
         let calls = &calls;
         let out = r
@@ -171,7 +174,10 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_failures_are_not_retried() {
-        let r = Resilience::new(fast(5), breaker("retry/perm", "destination", BreakerSpec::default()));
+        let r = Resilience::new(
+            fast(5),
+            breaker("retry/perm", "destination", BreakerSpec::default()),
+        );
         let calls = AtomicU32::new(0);
         let calls = &calls;
         let err = r
@@ -188,7 +194,10 @@ mod tests {
 
     #[tokio::test]
     async fn retries_stop_when_the_budget_or_the_breaker_says_so() {
-        let r = Resilience::new(fast(2), breaker("retry/budget", "destination", BreakerSpec::default()));
+        let r = Resilience::new(
+            fast(2),
+            breaker("retry/budget", "destination", BreakerSpec::default()),
+        );
         let calls = AtomicU32::new(0);
         let calls = &calls;
         let err = r
@@ -216,8 +225,16 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "the open breaker stops the calls");
-        assert!(err.message.contains("circuit breaker open"), "{}", err.message);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the open breaker stops the calls"
+        );
+        assert!(
+            err.message.contains("circuit breaker open"),
+            "{}",
+            err.message
+        );
         assert_eq!(r.breaker().snapshot().state, BreakerState::Open);
     }
 
@@ -228,7 +245,10 @@ mod tests {
             initial_backoff_ms: 1,
             max_backoff_ms: 3_000,
         };
-        let r = Resilience::new(retry, breaker("retry/after", "destination", BreakerSpec::default()));
+        let r = Resilience::new(
+            retry,
+            breaker("retry/after", "destination", BreakerSpec::default()),
+        );
         let calls = AtomicU32::new(0);
         let calls = &calls;
         let started = tokio::time::Instant::now();

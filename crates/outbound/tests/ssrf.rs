@@ -36,12 +36,10 @@ async fn serve(ip: &str, redirect_to: Option<String>) -> (SocketAddr, Arc<Atomic
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
-    let app = Router::new()
-        .fallback(get(handler))
-        .with_state(Target {
-            hits: hits.clone(),
-            redirect_to,
-        });
+    let app = Router::new().fallback(get(handler)).with_state(Target {
+        hits: hits.clone(),
+        redirect_to,
+    });
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -91,12 +89,26 @@ async fn private_addresses_are_refused_by_default() {
             "{url}: {err}"
         );
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "no request reached the server");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "no request reached the server"
+    );
 
     // With the operator's opt-in the same server is reachable.
     let open = Outbound::allowing_private();
-    assert_eq!(fetch(&open, &format!("http://127.0.0.1:{port}/")).await.unwrap(), "ok");
-    assert_eq!(fetch(&open, &format!("http://localhost:{port}/")).await.unwrap(), "ok");
+    assert_eq!(
+        fetch(&open, &format!("http://127.0.0.1:{port}/"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        fetch(&open, &format!("http://localhost:{port}/"))
+            .await
+            .unwrap(),
+        "ok"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
@@ -123,7 +135,10 @@ async fn redirects_to_private_addresses_are_refused() {
             .await
             .unwrap_err();
         if to.starts_with("file:") {
-            assert!(err.contains("redirect not followed"), "redirect to {to}: {err}");
+            assert!(
+                err.contains("redirect not followed"),
+                "redirect to {to}: {err}"
+            );
         } else {
             assert!(
                 err.contains("destination address is private"),

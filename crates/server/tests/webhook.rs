@@ -70,7 +70,11 @@ struct Receiver {
     addr: SocketAddr,
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     let signature = headers
         .get("x-webhook-signature")
         .and_then(|v| v.to_str().ok())
@@ -255,7 +259,13 @@ async fn a_misbehaving_receiver_gets_every_record_exactly_once(b: Backend) {
     receiver.stop().await;
     let stopped = submit(&app, &pipeline, 100, "stopped").await;
     wait_until(&app, "the breaker to open", |m| {
-        sample(m, "sluice_breaker_transitions_total", &[&target, "to=\"open\""]).unwrap_or(0.0) >= 1.0
+        sample(
+            m,
+            "sluice_breaker_transitions_total",
+            &[&target, "to=\"open\""],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     })
     .await;
     let r = app
@@ -267,16 +277,28 @@ async fn a_misbehaving_receiver_gets_every_record_exactly_once(b: Backend) {
         "{}",
         r.data()
     );
-    let r = app.get(&format!("/api/v1/pipelines/{pipeline}")).await.expect(200);
+    let r = app
+        .get(&format!("/api/v1/pipelines/{pipeline}"))
+        .await
+        .expect(200);
     let delivery = &r.data()["delivery"];
-    assert_eq!(delivery["breakers"][0]["target"], "destination", "{delivery}");
-    assert!(delivery["breakers"][0]["opened_total"].as_u64().unwrap() >= 1, "{delivery}");
+    assert_eq!(
+        delivery["breakers"][0]["target"], "destination",
+        "{delivery}"
+    );
+    assert!(
+        delivery["breakers"][0]["opened_total"].as_u64().unwrap() >= 1,
+        "{delivery}"
+    );
 
     // Flapping: every other request fails with 503 + Retry-After.
     receiver.start().await;
     receiver.set(Mode::Flapping);
     let flapping = submit(&app, &pipeline, 100, "flapping").await;
-    assert_eq!(app.wait_batch(&pipeline, &flapping).await["status"], "completed");
+    assert_eq!(
+        app.wait_batch(&pipeline, &flapping).await["status"],
+        "completed"
+    );
 
     // Slow: the receiver takes the chunk but answers after the timeout, so
     // the sender retries and the receiver sees duplicates it must drop.
@@ -302,7 +324,12 @@ async fn a_misbehaving_receiver_gets_every_record_exactly_once(b: Backend) {
     receiver.set(Mode::Healthy);
     let healthy = submit(&app, &pipeline, 100, "healthy").await;
     let mut expected = HashSet::new();
-    for (batch, n) in [(&stopped, 100), (&flapping, 100), (&slow, 30), (&healthy, 100)] {
+    for (batch, n) in [
+        (&stopped, 100),
+        (&flapping, 100),
+        (&slow, 30),
+        (&healthy, 100),
+    ] {
         let done = app.wait_batch(&pipeline, batch).await;
         assert_eq!(done["status"], "completed", "{done}");
         assert_eq!(done["succeeded_count"], n, "{done}");
@@ -312,7 +339,10 @@ async fn a_misbehaving_receiver_gets_every_record_exactly_once(b: Backend) {
         }
     }
     assert!(
-        app.wait_batch(&pipeline, &stopped).await["attempts"].as_i64().unwrap() >= 2,
+        app.wait_batch(&pipeline, &stopped).await["attempts"]
+            .as_i64()
+            .unwrap()
+            >= 2,
         "the stopped receiver's batch took more than one attempt"
     );
 
@@ -325,14 +355,21 @@ async fn a_misbehaving_receiver_gets_every_record_exactly_once(b: Backend) {
         }
     }
     let unique: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(ids.len(), unique.len(), "no record twice after dedupe by key");
+    assert_eq!(
+        ids.len(),
+        unique.len(),
+        "no record twice after dedupe by key"
+    );
     assert_eq!(unique, expected, "every accepted record, and nothing else");
     // Parts of 40 records in chunks of 15: keys carry the chunk index.
     assert!(seen.by_key.contains_key(&format!("{healthy}:0:2")));
     assert!(seen.by_key.contains_key(&format!("{healthy}:2:1")));
     assert!(seen.by_key.contains_key(&format!("{slow}:0:1")));
     let duplicates = seen.requests.len() - seen.by_key.len();
-    assert!(duplicates > 0, "the flapping and slow phases caused redeliveries");
+    assert!(
+        duplicates > 0,
+        "the flapping and slow phases caused redeliveries"
+    );
     // Rotation: two signatures, the previous secret verifies too.
     let last = seen.requests.last().unwrap().clone();
     assert_eq!(last.signature.matches("v1=").count(), 2);
@@ -346,15 +383,43 @@ async fn a_misbehaving_receiver_gets_every_record_exactly_once(b: Backend) {
         sample(m, "sluice_breaker_state", &[&target]) == Some(0.0)
     })
     .await;
-    assert!(sample(&m, "sluice_outbound_retries_total", &[&target]).unwrap() >= 2.0, "{m}");
-    assert!(sample(&m, "sluice_breaker_transitions_total", &[&target, "to=\"half_open\""]).unwrap() >= 1.0);
-    assert!(sample(&m, "sluice_breaker_transitions_total", &[&target, "to=\"closed\""]).unwrap() >= 1.0);
     assert!(
-        sample(&m, "sluice_delivery_failures_total", &["destination=\"webhook\"", "kind=\"transient\""]).unwrap() >= 1.0,
+        sample(&m, "sluice_outbound_retries_total", &[&target]).unwrap() >= 2.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "sluice_breaker_transitions_total",
+            &[&target, "to=\"half_open\""]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &m,
+            "sluice_breaker_transitions_total",
+            &[&target, "to=\"closed\""]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &m,
+            "sluice_delivery_failures_total",
+            &["destination=\"webhook\"", "kind=\"transient\""]
+        )
+        .unwrap()
+            >= 1.0,
         "{m}"
     );
     assert!(sample(&m, "sluice_batch_retries_total", &[]).unwrap() >= 1.0);
-    let r = app.get(&format!("/api/v1/pipelines/{pipeline}")).await.expect(200);
+    let r = app
+        .get(&format!("/api/v1/pipelines/{pipeline}"))
+        .await
+        .expect(200);
     let b = &r.data()["delivery"]["breakers"][0];
     assert_eq!(b["state"], "closed", "{b}");
     assert!(b["retries_total"].as_u64().unwrap() >= 2, "{b}");
@@ -378,12 +443,28 @@ async fn a_refusing_receiver_fails_the_batch_with_its_answer(b: Backend) {
     let batch = submit(&app, &pipeline, 3, "refused").await;
     let done = app.wait_batch(&pipeline, &batch).await;
     assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(done["attempts"], 1, "a permanent failure is not retried: {done}");
+    assert_eq!(
+        done["attempts"], 1,
+        "a permanent failure is not retried: {done}"
+    );
     let error = done["error"].as_str().unwrap();
-    assert!(error.contains("webhook answered 400 Bad Request: invalid event"), "{error}");
-    assert!(!error.contains("admin@example.com"), "the body is redacted: {error}");
-    assert!(!error.contains("sk_live_51HqLyjWDarjtT1zdp7dc"), "the body is redacted: {error}");
-    assert_eq!(receiver.seen.lock().unwrap().requests.len(), 1, "no retry of a 400");
+    assert!(
+        error.contains("webhook answered 400 Bad Request: invalid event"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("admin@example.com"),
+        "the body is redacted: {error}"
+    );
+    assert!(
+        !error.contains("sk_live_51HqLyjWDarjtT1zdp7dc"),
+        "the body is redacted: {error}"
+    );
+    assert_eq!(
+        receiver.seen.lock().unwrap().requests.len(),
+        1,
+        "no retry of a 400"
+    );
 
     // A config whose receiver is private is refused at call time when the
     // server does not allow private addresses.
@@ -398,7 +479,13 @@ async fn a_refusing_receiver_fails_the_batch_with_its_answer(b: Backend) {
     let batch = submit(&strict, &pipeline, 1, "ssrf").await;
     let done = strict.wait_batch(&pipeline, &batch).await;
     assert_eq!(done["status"], "failed", "{done}");
-    assert!(done["error"].as_str().unwrap().contains("destination address is private"), "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("destination address is private"),
+        "{done}"
+    );
     assert_eq!(receiver.seen.lock().unwrap().requests.len(), before);
     strict.shutdown().await;
     app.shutdown().await;
@@ -408,7 +495,10 @@ async fn a_refusing_receiver_fails_the_batch_with_its_answer(b: Backend) {
 fn doc_block(lang: &str) -> String {
     let doc = include_str!("../../../docs/webhooks.md");
     let fence = format!("```{lang}\n");
-    let start = doc.find(&fence).unwrap_or_else(|| panic!("no {lang} block")) + fence.len();
+    let start = doc
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {lang} block"))
+        + fence.len();
     let end = doc[start..].find("\n```").unwrap() + start;
     doc[start..end].to_owned()
 }
@@ -426,19 +516,27 @@ fn check_reference_verifiers(requests: &[Request]) {
     let mut cases = Vec::new();
     let mut expected = Vec::new();
     for r in requests.iter().rev().take(5) {
-        let t: i64 = r.signature[2..r.signature.find(',').unwrap()].parse().unwrap();
+        let t: i64 = r.signature[2..r.signature.find(',').unwrap()]
+            .parse()
+            .unwrap();
         // Genuine, checked at its own time (the Rust one agrees).
-        cases.push(json!({"secrets": [SECRET], "header": r.signature, "body": hex(&r.body), "now": t + 5}));
+        cases.push(
+            json!({"secrets": [SECRET], "header": r.signature, "body": hex(&r.body), "now": t + 5}),
+        );
         expected.push(true);
         assert!(verify_webhook(&[SECRET.as_bytes()], &r.signature, &r.body, t + 5).is_ok());
         // The previous secret alone still verifies (rotation).
-        cases.push(json!({"secrets": [OLD_SECRET], "header": r.signature, "body": hex(&r.body), "now": t}));
+        cases.push(
+            json!({"secrets": [OLD_SECRET], "header": r.signature, "body": hex(&r.body), "now": t}),
+        );
         expected.push(true);
         // Tampered body.
         let mut tampered = r.body.clone();
         let last = tampered.len() - 2;
         tampered[last] ^= 0x01;
-        cases.push(json!({"secrets": [SECRET], "header": r.signature, "body": hex(&tampered), "now": t}));
+        cases.push(
+            json!({"secrets": [SECRET], "header": r.signature, "body": hex(&tampered), "now": t}),
+        );
         expected.push(false);
         assert!(verify_webhook(&[SECRET.as_bytes()], &r.signature, &tampered, t).is_err());
         // Wrong secret.
@@ -449,8 +547,11 @@ fn check_reference_verifiers(requests: &[Request]) {
         expected.push(false);
         assert!(verify_webhook(&[SECRET.as_bytes()], &r.signature, &r.body, t + 301).is_err());
         // A re-signed timestamp without the key: the signature no longer matches.
-        let forged = r.signature.replacen(&format!("t={t}"), &format!("t={now}"), 1);
-        cases.push(json!({"secrets": [SECRET], "header": forged, "body": hex(&r.body), "now": now}));
+        let forged = r
+            .signature
+            .replacen(&format!("t={t}"), &format!("t={now}"), 1);
+        cases
+            .push(json!({"secrets": [SECRET], "header": forged, "body": hex(&r.body), "now": now}));
         expected.push(false);
         assert!(verify_webhook(&[SECRET.as_bytes()], &forged, &r.body, now).is_err());
     }
@@ -482,11 +583,22 @@ fn check_reference_verifiers(requests: &[Request]) {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("{program} must be installed to run the reference verifiers: {e}"));
+            .unwrap_or_else(|e| {
+                panic!("{program} must be installed to run the reference verifiers: {e}")
+            });
         use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(cases.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(cases.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: Vec<bool> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(got, expected, "{program} verifier");
     }

@@ -139,7 +139,8 @@ impl WebhookDestination {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(sluice_outbound::retry::parse_retry_after);
-        let transient = status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
+        let transient =
+            status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
         let body = read_prefix(response).await;
         let message = if status.is_redirection() {
             format!(

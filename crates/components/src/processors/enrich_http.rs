@@ -194,7 +194,11 @@ fn check_body(body: &Value, at: &str, problems: &mut Vec<Problem>) {
         }
         Value::Object(map) => {
             for (k, v) in map {
-                check_body(v, &format!("{at}/{}", sluice_core::pointer_token(k)), problems);
+                check_body(
+                    v,
+                    &format!("{at}/{}", sluice_core::pointer_token(k)),
+                    problems,
+                );
             }
         }
         _ => {}
@@ -562,7 +566,9 @@ impl Inner {
                         .and_then(sluice_outbound::retry::parse_retry_after);
                     let message = format!("answered {status}");
                     return Err(
-                        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error()
+                        if status.as_u16() == 408
+                            || status.as_u16() == 429
+                            || status.is_server_error()
                         {
                             CallError::transient(message).with_retry_after(retry_after)
                         } else {
@@ -693,8 +699,17 @@ mod tests {
         let t = Template::parse("Hello {/user/name}!").unwrap();
         assert_eq!(t.render(&r, Escape::Raw).unwrap(), "Hello Zoë!");
         assert!(Template::parse("{/a").is_err());
-        assert!(Template::parse("{/x}").unwrap().render(&r, Escape::Raw).is_err());
-        let body = render_body(&json!({"ip": "{/ip}", "n": "{/n}", "s": "n={/n}", "k": [1]}), &r).unwrap();
+        assert!(
+            Template::parse("{/x}")
+                .unwrap()
+                .render(&r, Escape::Raw)
+                .is_err()
+        );
+        let body = render_body(
+            &json!({"ip": "{/ip}", "n": "{/n}", "s": "n={/n}", "k": [1]}),
+            &r,
+        )
+        .unwrap();
         assert_eq!(body, json!({"ip": "1.2.3.4", "n": 5, "s": "n=5", "k": [1]}));
     }
 
@@ -711,7 +726,12 @@ mod tests {
     #[test]
     fn results_merge_into_objects() {
         let mut r = json!({"geo": {"ip": "x"}});
-        merge(&mut r, &Pointer::parse("/geo").unwrap(), json!({"country": "NL"})).unwrap();
+        merge(
+            &mut r,
+            &Pointer::parse("/geo").unwrap(),
+            json!({"country": "NL"}),
+        )
+        .unwrap();
         assert_eq!(r, json!({"geo": {"ip": "x", "country": "NL"}}));
         merge(&mut r, &Pointer::parse("/a/b").unwrap(), json!(3)).unwrap();
         assert_eq!(r["a"]["b"], 3);
@@ -729,6 +749,9 @@ mod tests {
             .err()
             .unwrap();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, vec!["/schema/type", "/providers/0/url", "/providers/0/body/q"]);
+        assert_eq!(
+            paths,
+            vec!["/schema/type", "/providers/0/url", "/providers/0/body/q"]
+        );
     }
 }
