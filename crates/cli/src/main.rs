@@ -1,7 +1,7 @@
 //! The `sluice` binary: thin glue over the library crates.
 //!
-//! `serve` runs the server; `migrate`, `config check` and `tenant` are the
-//! operator's tools; `run` runs a pipeline locally over stdin with the
+//! `serve` runs the server; `migrate`, `config check`, `tenant`,
+//! `master-key` and `audit` are the operator's tools; `run` runs a pipeline locally over stdin with the
 //! same code path as the workers; `openapi` prints the API document.
 
 mod run;
@@ -60,6 +60,16 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Master key rotation.
+    MasterKey {
+        #[command(subcommand)]
+        command: MasterKeyCommand,
+    },
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run a pipeline locally: NDJSON in, records out.
     Run(run::RunArgs),
     /// Print the OpenAPI document.
@@ -70,6 +80,44 @@ enum Command {
 enum ConfigCommand {
     /// Check the config file and environment; list every problem.
     Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCommand {
+    /// Re-encrypt every stored secret, failed-record capture and payload
+    /// data key under the current master key (or under the key in
+    /// `--new-key-file`), decrypting with the previous keys
+    /// (`SLUICE_MASTER_KEY_PREVIOUS`, `SLUICE_MASTER_KEY_PREVIOUS_FILE`).
+    /// Servers keep running if they accept both keys. On the embedded
+    /// default (`<data_dir>/master.key`), `--new-key-file` also installs
+    /// the new key there and keeps the old one in `master.key.previous`.
+    Rotate {
+        /// File holding the new key (64 hex characters or base64 of 32
+        /// bytes).
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the audit hash chains; exit 1 naming the first bad row
+    /// of each broken chain.
+    Verify {
+        /// Only this tenant's chain (default: every tenant and the system
+        /// chain).
+        #[arg(long)]
+        tenant: Option<uuid::Uuid>,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -89,6 +137,20 @@ enum TenantCommand {
     },
     /// List tenants.
     List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Erase a tenant: every row (keys, pipelines, batches, captures, its
+    /// audit trail), every stored payload and its local outputs. A record
+    /// of the erasure stays in the system audit trail.
+    Delete {
+        /// The tenant's id.
+        tenant_id: uuid::Uuid,
+        /// Required: confirms that everything of the tenant is destroyed.
+        #[arg(long)]
+        erase: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -204,12 +266,175 @@ async fn async_main(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant { command } => tenant(command).await,
+        Command::MasterKey {
+            command:
+                MasterKeyCommand::Rotate {
+                    new_key_file,
+                    json,
+                    config,
+                },
+        } => rotate_master_key(config, new_key_file, json).await,
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    tenant,
+                    json,
+                    config,
+                },
+        } => verify_audit(config, tenant, json).await,
         Command::Run(_) | Command::Openapi | Command::Config { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 
+async fn rotate_master_key(
+    config: ConfigArg,
+    new_key_file: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use sluice_server::keyring::{Keyring, MasterKey};
+    let config = match load_config(config.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = sluice_store::connect(&config.database_url(), true).await?;
+    let loaded = Keyring::load(&config.data_dir)?;
+    let keyring = match &new_key_file {
+        None => loaded,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let new = MasterKey::parse(&text).with_context(|| path.display().to_string())?;
+            if Keyring::is_embedded(|name| std::env::var(name).ok()) {
+                Keyring::install_embedded(&config.data_dir, &new)?;
+            }
+            loaded.rotated_to(new)
+        }
+    };
+    let keyring = std::sync::Arc::new(keyring);
+    let payloads = sluice_server::payload::PayloadStore::open(
+        config.storage.url.as_deref(),
+        &config.data_dir,
+        keyring.clone(),
+    )?;
+    let report = sluice_server::secrets::rotate(store.as_ref(), &payloads, &keyring).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("everything is now under master key {}", report.kid);
+        println!("config versions re-encrypted: {}", report.config_versions);
+        println!("failed-record captures re-encrypted: {}", report.captures);
+        println!(
+            "payload data keys re-wrapped: {} ({} already current)",
+            report.payloads, report.payloads_current
+        );
+        println!("the previous keys are no longer needed once every process runs with the new one");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify_audit(
+    config: ConfigArg,
+    tenant: Option<uuid::Uuid>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = sluice_store::connect(&config.database_url(), true).await?;
+    let report = sluice_server::audit::verify(store.as_ref(), tenant).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for broken in &report.broken {
+            let chain = broken
+                .tenant_id
+                .map_or_else(|| "system chain".to_owned(), |t| format!("tenant {t}"));
+            println!(
+                "BROKEN {chain}: first bad row {} (seq {}): {}",
+                broken.event_id,
+                broken
+                    .seq
+                    .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                broken.reason
+            );
+        }
+        println!(
+            "{} chain(s), {} event(s) verified, {} broken",
+            report.chains,
+            report.events,
+            report.broken.len()
+        );
+    }
+    Ok(if report.broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
     match command {
+        TenantCommand::Delete {
+            tenant_id,
+            erase,
+            json,
+            config,
+        } => {
+            if !erase {
+                eprintln!("deleting a tenant erases everything it owns; pass --erase to confirm");
+                return Ok(ExitCode::from(2));
+            }
+            let config = match load_config(config.config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let store = sluice_store::connect(&config.database_url(), true).await?;
+            let keyring =
+                std::sync::Arc::new(sluice_server::keyring::Keyring::load(&config.data_dir)?);
+            let payloads = sluice_server::payload::PayloadStore::open(
+                config.storage.url.as_deref(),
+                &config.data_dir,
+                keyring,
+            )?;
+            let report = match sluice_server::retention::erase_tenant(
+                store.as_ref(),
+                &payloads,
+                &config.data_dir.join("output"),
+                tenant_id,
+                "cli",
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(error)
+                    if error
+                        .downcast_ref::<sluice_store::StoreError>()
+                        .is_some_and(|e| matches!(e, sluice_store::StoreError::NotFound)) =>
+                {
+                    eprintln!("no tenant {tenant_id}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(error) => return Err(error),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "tenant {tenant_id} erased: {} batch(es), {} payload object(s){}",
+                    report.batches,
+                    report.payload_objects,
+                    if report.output_removed {
+                        ", outputs removed"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         TenantCommand::Create { name, json, config } => {
             let config = match load_config(config.config.as_deref()) {
                 Ok(c) => c,

@@ -20,6 +20,8 @@ const RESERVED_ENV: &[&str] = &[
     "SLUICE_CONFIG",
     "SLUICE_MASTER_KEY",
     "SLUICE_MASTER_KEY_FILE",
+    "SLUICE_MASTER_KEY_PREVIOUS",
+    "SLUICE_MASTER_KEY_PREVIOUS_FILE",
 ];
 /// Short names for the most common keys.
 const ENV_ALIASES: &[(&str, &[&str])] = &[
@@ -87,6 +89,7 @@ pub struct ServerConfig {
     pub rate_limits: RateLimitsConfig,
     pub lockout: LockoutConfig,
     pub redis: RedisConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,39 @@ impl Default for ServerConfig {
             rate_limits: RateLimitsConfig::default(),
             lockout: LockoutConfig::default(),
             redis: RedisConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// How long stored data is kept (R-SEC-8). A background job in every
+/// worker process deletes what has expired; 0 keeps it forever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days the payload of a completed or failed batch is kept after it
+    /// finished (a failed batch can be retried only while it is kept).
+    pub payload_days: u32,
+    /// Days failed-record captures are kept.
+    pub failed_record_days: u32,
+    /// Days the row of a completed or failed batch is kept after it
+    /// finished (its payload and captures go with it).
+    pub batch_days: u32,
+    /// Days files written by the `file` destination under
+    /// `<data_dir>/output` are kept (by modification time).
+    pub output_days: u32,
+    /// Seconds between runs of the retention job.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            payload_days: 7,
+            failed_record_days: 30,
+            batch_days: 90,
+            output_days: 30,
+            interval_secs: 3600,
         }
     }
 }
@@ -525,6 +561,9 @@ impl ServerConfig {
         }
         if w.max_attempts == 0 {
             problems.push(Problem::new("/worker/max_attempts", "must be positive"));
+        }
+        if self.retention.interval_secs == 0 {
+            problems.push(Problem::new("/retention/interval_secs", "must be positive"));
         }
         if w.poll_interval_ms == 0 {
             problems.push(Problem::new("/worker/poll_interval_ms", "must be positive"));

@@ -20,7 +20,9 @@ pub mod lockout;
 pub mod metrics;
 pub mod payload;
 pub mod ratelimit;
+pub mod retention;
 pub mod routes;
+pub mod secrets;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
@@ -87,8 +89,12 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
     let store = sluice_store::connect(&url, true)
         .await
         .with_context(|| format!("opening database {}", sluice_store::redact_url(&url)))?;
-    let payloads = payload::PayloadStore::open(config.storage.url.as_deref(), &config.data_dir)?;
-    let keyring = keyring::Keyring::load(&config.data_dir)?;
+    let keyring = std::sync::Arc::new(keyring::Keyring::load(&config.data_dir)?);
+    let payloads = payload::PayloadStore::open(
+        config.storage.url.as_deref(),
+        &config.data_dir,
+        keyring.clone(),
+    )?;
     let outbound =
         sluice_outbound::Outbound::from_config(&config.outbound).context("outbound settings")?;
     let redis = ratelimit::SharedRedis::open(&config.redis)?;
@@ -164,6 +170,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     if role.runs_workers() {
         let (s, h) = (state.clone(), hard_stop.clone());
         tasks.push(tokio::spawn(worker::run(s, h)));
+        tasks.push(tokio::spawn(retention::run(state.clone())));
     }
     // The port is logged on its own: the log redactor masks IP addresses.
     tracing::info!(addr = %addr, port = addr.port(), role = ?role, tls = tls.is_some(), version = env!("CARGO_PKG_VERSION"), "listening");

@@ -19,7 +19,7 @@ pub struct Inner {
     pub config: ServerConfig,
     pub store: Arc<dyn Store>,
     pub payloads: PayloadStore,
-    pub keyring: Keyring,
+    pub keyring: Arc<Keyring>,
     pub metrics: Option<PrometheusHandle>,
     /// Cancelled when the process starts shutting down.
     pub shutdown: CancellationToken,

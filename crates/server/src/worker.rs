@@ -191,7 +191,24 @@ impl Worker {
             .ok_or_else(|| {
                 AttemptError::Permanent("the pipeline config version no longer exists".into())
             })?;
-        let spec = PipelineSpec::parse(&version.config).map_err(|problems| {
+        // Secret fields are stored encrypted (R-SEC-1): decrypt them for
+        // the build only. A key this process lacks may still be added by
+        // the operator, so that is worth a retry; a value that fails
+        // authentication is not.
+        let mut config = version.config.clone();
+        crate::secrets::decrypt_config(
+            self.state.keyring(),
+            pipeline.tenant_id,
+            pipeline.id,
+            &mut config,
+        )
+        .map_err(|e| match e {
+            crate::secrets::SecretError::UnknownKey(_) => {
+                AttemptError::Transient(format!("pipeline secrets: {e}"))
+            }
+            _ => AttemptError::Permanent(format!("pipeline secrets: {e}")),
+        })?;
+        let spec = PipelineSpec::parse(&config).map_err(|problems| {
             AttemptError::Permanent(format!("the stored config is invalid: {}", join(&problems)))
         })?;
         let ctx = BuildContext {
@@ -334,7 +351,14 @@ impl Worker {
                         processor_type: f.processor_type,
                         code: f.code.as_str().to_owned(),
                         message: f.message,
-                        record: f.record,
+                        // Captures are encrypted at rest (R-SEC-2).
+                        record: crate::secrets::seal_record(
+                            self.state.keyring(),
+                            batch.tenant_id,
+                            batch.id,
+                            f.record_index as i64,
+                            &f.record,
+                        ),
                     })
                     .collect();
                 self.state

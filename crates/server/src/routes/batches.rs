@@ -218,8 +218,22 @@ pub async fn errors(
             limit,
         )
         .await?;
+    // Captures are stored encrypted (R-SEC-2); one that cannot be
+    // decrypted is an internal error, never shown as it is stored.
+    let mut views = Vec::with_capacity(items.len());
+    for mut item in items {
+        item.record = crate::secrets::open_record(
+            state.keyring(),
+            principal.tenant_id,
+            item.batch_id,
+            item.record_index,
+            &item.record,
+        )
+        .map_err(ApiError::internal)?;
+        views.push(BatchErrorView::from(item));
+    }
     Ok(Envelope::page(
-        items.into_iter().map(BatchErrorView::from).collect(),
+        views,
         next.map(|i| encode_cursor("e", &i.to_string())),
     ))
 }

@@ -7,7 +7,9 @@ use crate::error::{ApiError, ApiResult, Envelope};
 use crate::extract::{
     AppPath, AppQuery, JsonValue, decode_int_cursor, decode_uuid_cursor, encode_cursor, page_limit,
 };
+use crate::keyring::Keyring;
 use crate::routes::ClientAddr;
+use crate::secrets;
 use crate::state::AppState;
 use axum::Extension;
 use axum::extract::State;
@@ -157,13 +159,16 @@ pub struct PipelinePath {
 }
 
 impl PipelineView {
-    pub fn from_row(p: Pipeline, metrics: Option<PipelineMetrics>) -> Self {
+    /// The view of a stored pipeline, its secret fields masked.
+    pub fn from_row(keyring: &Keyring, p: Pipeline, metrics: Option<PipelineMetrics>) -> Self {
+        let mut config = p.config;
+        secrets::mask_config(keyring, p.tenant_id, p.id, &mut config);
         Self {
             id: p.id,
             name: p.name,
             status: p.status.as_str().to_owned(),
             version: p.version,
-            config: p.config,
+            config,
             created_at: p.created_at,
             updated_at: p.updated_at,
             metrics,
@@ -172,11 +177,14 @@ impl PipelineView {
     }
 }
 
-impl From<PipelineVersion> for VersionView {
-    fn from(v: PipelineVersion) -> Self {
+impl VersionView {
+    /// The view of a stored version, its secret fields masked.
+    fn from_row(keyring: &Keyring, tenant_id: Uuid, v: PipelineVersion) -> Self {
+        let mut config = v.config;
+        secrets::mask_config(keyring, tenant_id, v.pipeline_id, &mut config);
         Self {
             version: v.version,
-            config: v.config,
+            config,
             created_at: v.created_at,
             created_by: v.created_by,
         }
@@ -254,10 +262,15 @@ pub async fn create(
     Extension(ClientAddr(client)): Extension<ClientAddr>,
     JsonValue(doc): JsonValue,
 ) -> ApiResult<Envelope<PipelineView>> {
-    let (spec, config) = validated_config(doc).await?;
+    let (spec, mut config) = validated_config(doc).await?;
+    // Secret fields are encrypted before the config reaches the database,
+    // bound to the pipeline's id, which is therefore chosen here.
+    let id = Uuid::now_v7();
+    secrets::encrypt_config(state.keyring(), principal.tenant_id, id, &mut config);
     let pipeline = state
         .store()
-        .create_pipeline(
+        .create_pipeline_with_id(
+            id,
             principal.tenant_id,
             &spec.name,
             &config,
@@ -274,7 +287,11 @@ pub async fn create(
         json!({"version": pipeline.version}),
     )
     .await;
-    Ok(Envelope::created(PipelineView::from_row(pipeline, None)))
+    Ok(Envelope::created(PipelineView::from_row(
+        state.keyring(),
+        pipeline,
+        None,
+    )))
 }
 
 /// List pipelines, newest first.
@@ -303,7 +320,7 @@ pub async fn list(
     let items = page
         .items
         .into_iter()
-        .map(|p| PipelineView::from_row(p, None))
+        .map(|p| PipelineView::from_row(state.keyring(), p, None))
         .collect();
     Ok(Envelope::page(items, next))
 }
@@ -323,7 +340,7 @@ pub async fn get(
         .pipeline_stats(principal.tenant_id, pipeline.id)
         .await?;
     let id = pipeline.id;
-    let mut view = PipelineView::from_row(pipeline, Some(metrics_of(stats)));
+    let mut view = PipelineView::from_row(state.keyring(), pipeline, Some(metrics_of(stats)));
     view.delivery = Some(delivery_of(id));
     Ok(Envelope::ok(view))
 }
@@ -340,8 +357,24 @@ pub async fn update(
     AppPath(path): AppPath<PipelinePath>,
     JsonValue(doc): JsonValue,
 ) -> ApiResult<Envelope<PipelineView>> {
-    load(&state, &principal, path.pipeline_id).await?;
-    let (spec, config) = validated_config(doc).await?;
+    let current = load(&state, &principal, path.pipeline_id).await?;
+    // A secret sent back in its masked form keeps the stored secret.
+    let mut doc = doc;
+    secrets::restore_masked(
+        state.keyring(),
+        principal.tenant_id,
+        path.pipeline_id,
+        &mut doc,
+        &current.config,
+    )
+    .map_err(ApiError::validation)?;
+    let (spec, mut config) = validated_config(doc).await?;
+    secrets::encrypt_config(
+        state.keyring(),
+        principal.tenant_id,
+        path.pipeline_id,
+        &mut config,
+    );
     let pipeline = state
         .store()
         .update_pipeline(
@@ -362,7 +395,11 @@ pub async fn update(
         json!({"version": pipeline.version}),
     )
     .await;
-    Ok(Envelope::ok(PipelineView::from_row(pipeline, None)))
+    Ok(Envelope::ok(PipelineView::from_row(
+        state.keyring(),
+        pipeline,
+        None,
+    )))
 }
 
 /// Config history, newest first.
@@ -383,7 +420,10 @@ pub async fn versions(
         .list_pipeline_versions(principal.tenant_id, path.pipeline_id, after, limit)
         .await?;
     Ok(Envelope::page(
-        items.into_iter().map(VersionView::from).collect(),
+        items
+            .into_iter()
+            .map(|v| VersionView::from_row(state.keyring(), principal.tenant_id, v))
+            .collect(),
         next.map(|v| encode_cursor("v", &v.to_string())),
     ))
 }
@@ -437,7 +477,11 @@ async fn set_status(
         json!({}),
     )
     .await;
-    Ok(Envelope::ok(PipelineView::from_row(pipeline, None)))
+    Ok(Envelope::ok(PipelineView::from_row(
+        state.keyring(),
+        pipeline,
+        None,
+    )))
 }
 
 /// Delete; refused with 409 while batches are pending or processing.
