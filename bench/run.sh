@@ -271,7 +271,7 @@ wants M && upload_run
 
 # ---------------------------------------------------------------- report
 mkdir -p "$ROOT/bench/results"
-python3 - "$ROWS" "$ROOT/bench/results/latest.json" "${WORKLOADS[*]}" "$RECORDS" <<'PY'
+python3 - "$ROWS" "$ROOT/bench/results/latest.json" "${WORKLOADS[*]}" "$RECORDS" "$SLUICE" <<'PY'
 import json, os, platform, subprocess, sys, time
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def rate(system):
@@ -307,7 +307,8 @@ try:
 except OSError:
     commit = ""
 doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "cpu": cpu, "nproc": os.cpu_count(),
-       "load_avg_at_end": list(os.getloadavg()), "records": int(sys.argv[4]), "workloads": sys.argv[3].split(), "rows": rows}
+       "load_avg_at_end": list(os.getloadavg()), "records": int(sys.argv[4]), "workloads": sys.argv[3].split(),
+       "sluice_binary": sys.argv[5], "rows": rows}
 with open(sys.argv[2], "w") as f:
     json.dump(doc, f, indent=2)
 print(f"\n{cpu}, {os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.2f}; JSON: bench/results/latest.json")
