@@ -115,7 +115,7 @@ pub fn validate_pipeline(doc: &Value) -> Result<PipelineSpec, Vec<Problem>> {
             if let Some(Err(mut found)) = spec
                 .destination
                 .as_ref()
-                .map(|d| registry::check_destination(d, &ctx))
+                .map(|d| registry::check_destination(d, &ctx, &spec.id_field))
             {
                 problems.append(&mut found);
             }
@@ -179,7 +179,7 @@ pub fn build_pipeline(
     }
     let destination = match &spec.destination {
         None => None,
-        Some(d) => match registry::build_destination(d, ctx) {
+        Some(d) => match registry::build_destination(d, ctx, &spec.id_field) {
             Ok(d) => Some(d),
             Err(mut found) => {
                 problems.append(&mut found);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sluice_config::{DestinationSpec, ProcessorSpec};
 use sluice_core::{Destination, Problem};
 
-use crate::destinations::{file, webhook};
+use crate::destinations::{clickhouse, file, object_store, postgres, webhook};
 use crate::processors::{dedupe, enrich_http, filter, map, redact, script, validate};
 use crate::{BuildContext, Stage};
 
@@ -41,8 +41,9 @@ pub(crate) fn build_processor(
 pub(crate) fn build_destination(
     spec: &DestinationSpec,
     ctx: &BuildContext,
+    id_field: &str,
 ) -> Result<Arc<dyn Destination>, Vec<Problem>> {
-    let built = check_destination(spec, ctx)?;
+    let built = check_destination(spec, ctx, id_field)?;
     let (retry, breaker) = spec.resilience();
     let breaker = sluice_outbound::breaker(
         &format!("{}/destination", ctx.pipeline_id),
@@ -56,14 +57,24 @@ pub(crate) fn build_destination(
 }
 
 /// Build the destination alone (validation: no breaker is registered).
+/// `id_field` is the pipeline's record id field (the table destinations
+/// key their rows by it).
 pub(crate) fn check_destination(
     spec: &DestinationSpec,
     ctx: &BuildContext,
+    id_field: &str,
 ) -> Result<Arc<dyn Destination>, Vec<Problem>> {
     let output_root = ctx.output_root.as_path();
     let built: Result<Arc<dyn Destination>, Vec<Problem>> = match spec {
         DestinationSpec::File(s) => file::build(s, output_root).map(|d| Arc::new(d) as _),
         DestinationSpec::Webhook(s) => webhook::build(s, ctx).map(|d| Arc::new(d) as _),
+        DestinationSpec::ObjectStore(s) => {
+            object_store::build(s, ctx, id_field).map(|d| Arc::new(d) as _)
+        }
+        DestinationSpec::Postgres(s) => postgres::build(s, ctx, id_field).map(|d| Arc::new(d) as _),
+        DestinationSpec::Clickhouse(s) => {
+            clickhouse::build(s, ctx, id_field).map(|d| Arc::new(d) as _)
+        }
     };
     built.map_err(|problems| {
         problems

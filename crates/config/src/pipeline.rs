@@ -339,6 +339,13 @@ fn default_dedupe_capacity() -> usize {
 pub enum DestinationSpec {
     /// NDJSON files under the server's data directory.
     File(FileDestinationSpec),
+    /// Objects (NDJSON or Parquet) in S3-compatible storage or under the
+    /// server's data directory.
+    ObjectStore(ObjectStoreDestinationSpec),
+    /// Rows of a PostgreSQL table, upserted on the record id.
+    Postgres(PostgresDestinationSpec),
+    /// Rows of a ClickHouse ReplacingMergeTree table, over HTTP.
+    Clickhouse(ClickhouseDestinationSpec),
     /// Signed HTTPS POSTs of record chunks.
     Webhook(crate::outbound::WebhookDestinationSpec),
 }
@@ -347,6 +354,9 @@ impl DestinationSpec {
     pub fn type_name(&self) -> &'static str {
         match self {
             DestinationSpec::File(_) => "file",
+            DestinationSpec::ObjectStore(_) => "object_store",
+            DestinationSpec::Postgres(_) => "postgres",
+            DestinationSpec::Clickhouse(_) => "clickhouse",
             DestinationSpec::Webhook(_) => "webhook",
         }
     }
@@ -361,6 +371,207 @@ pub struct FileDestinationSpec {
     /// (`events/web.ndjson` → `events/web-<batch>-00000.ndjson`), so a
     /// redelivered part overwrites itself instead of duplicating.
     pub path: String,
+}
+
+/// Where an `object_store` destination keeps its objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectStoreBackend {
+    /// An S3-compatible service (`bucket`, `region`, `endpoint`, keys).
+    #[default]
+    S3,
+    /// The server's data directory (`<data_dir>/output/<tenant_id>/`).
+    Local,
+}
+
+/// File format of the objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectFormat {
+    /// One JSON object per line.
+    #[default]
+    Ndjson,
+    /// Apache Parquet, one row group per part.
+    Parquet,
+}
+
+/// Compression of the objects (whole-object for NDJSON, per column for
+/// Parquet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectCompression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreDestinationSpec {
+    /// `s3` (default) or `local`.
+    #[serde(default)]
+    pub backend: ObjectStoreBackend,
+    /// Bucket name (`s3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Region (`s3`); default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible service (`s3`); default AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Access key id (`s3`); without it the standard AWS environment and
+    /// instance credentials are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Secret access key (`s3`), stored encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Allow a plain `http://` endpoint (local test servers).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Object key template. Placeholders: `{tenant}`, `{pipeline}` (the
+    /// pipeline id), `{date}` (the batch's acceptance date, `YYYY-MM-DD`
+    /// UTC), `{batch}`, `{part}` (5 digits); `{batch}` and `{part}` are
+    /// required so every part has its own key. Default
+    /// `{pipeline}/{date}/{batch}-{part}.ndjson.gz` (the extension follows
+    /// `format` and `compression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_template: Option<String>,
+    /// `ndjson` (default) or `parquet`.
+    #[serde(default)]
+    pub format: ObjectFormat,
+    /// `gzip` (default for NDJSON), `zstd` (default for Parquet) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<ObjectCompression>,
+    /// Parquet only: a JSON Schema (`type: object` with `properties`)
+    /// giving the columns; without it the schema is inferred per part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// Objects larger than this are sent as a multipart upload; default
+    /// 8 MiB, at least 5 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart_threshold_bytes: Option<u64>,
+    /// Timeout of one object upload in milliseconds; default 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retries of a part within one attempt (R-DEL-2).
+    #[serde(default)]
+    pub retry: crate::outbound::RetrySpec,
+    /// This destination's circuit breaker (R-DEL-2).
+    #[serde(default)]
+    pub breaker: crate::outbound::BreakerSpec,
+}
+
+/// What an insert does with a row whose id is already in the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// Keep the existing row (`ON CONFLICT (id) DO NOTHING`).
+    #[default]
+    Nothing,
+    /// Replace it with the new values (`DO UPDATE`).
+    Update,
+}
+
+/// TLS towards PostgreSQL (libpq's `sslmode` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDestinationSpec {
+    /// `postgres://user@host:port/database`, without a password.
+    pub url: String,
+    /// The password, stored encrypted (never inside `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Target table, `table` or `schema.table`.
+    pub table: String,
+    /// Column holding the record id (the primary key); default `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
+    /// JSONB mode: the `jsonb` column receiving the whole record; default
+    /// `data` when `columns` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Mapped mode: column name → JSON Pointer into the record. Values are
+    /// converted to the column types by PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<std::collections::BTreeMap<String, String>>,
+    /// `nothing` (default) or `update`.
+    #[serde(default)]
+    pub on_conflict: OnConflict,
+    /// Rows per transaction; default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_records: Option<usize>,
+    /// Create the table when it does not exist (mapped columns as `jsonb`).
+    #[serde(default)]
+    pub create_table: bool,
+    /// `disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`.
+    #[serde(default)]
+    pub sslmode: PostgresSslMode,
+    /// Connections in this destination's pool; default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Timeout of one part's write in milliseconds; default 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retries of a part within one attempt (R-DEL-2).
+    #[serde(default)]
+    pub retry: crate::outbound::RetrySpec,
+    /// This destination's circuit breaker (R-DEL-2).
+    #[serde(default)]
+    pub breaker: crate::outbound::BreakerSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClickhouseDestinationSpec {
+    /// Base URL of the HTTP interface, `http(s)://host:8123`.
+    pub url: String,
+    /// Database; default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Target table (a ReplacingMergeTree ordered by the id column).
+    pub table: String,
+    /// User; default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password, stored encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Column holding the record id; default `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
+    /// Column mode: the `String` column receiving the record as JSON text;
+    /// default `data` when `columns` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Mapped mode: column name → JSON Pointer into the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<std::collections::BTreeMap<String, String>>,
+    /// Create the table (column mode only) when it does not exist.
+    #[serde(default)]
+    pub create_table: bool,
+    /// Timeout of one insert in milliseconds; default 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retries of a part within one attempt (R-DEL-2).
+    #[serde(default)]
+    pub retry: crate::outbound::RetrySpec,
+    /// This destination's circuit breaker (R-DEL-2).
+    #[serde(default)]
+    pub breaker: crate::outbound::BreakerSpec,
 }
 
 impl PipelineSpec {
@@ -644,6 +855,20 @@ impl DestinationSpec {
                 if let Err(message) = check_relative_path(&f.path) {
                     problems.push(Problem::new(format!("{at}/path"), message));
                 }
+            }
+            // The rest (templates, identifiers, URLs) is checked by their
+            // builders in sluice-components, which `validate_pipeline` runs.
+            DestinationSpec::ObjectStore(d) => {
+                d.retry.check(&format!("{at}/retry"), problems);
+                d.breaker.check(&format!("{at}/breaker"), problems);
+            }
+            DestinationSpec::Postgres(d) => {
+                d.retry.check(&format!("{at}/retry"), problems);
+                d.breaker.check(&format!("{at}/breaker"), problems);
+            }
+            DestinationSpec::Clickhouse(d) => {
+                d.retry.check(&format!("{at}/retry"), problems);
+                d.breaker.check(&format!("{at}/breaker"), problems);
             }
             DestinationSpec::Webhook(w) => w.check(at, problems),
         }
