@@ -374,7 +374,10 @@ async fn master_key_rotation_keeps_pipelines_working(b: Backend) {
     let id = app
         .create_pipeline(webhook_pipeline("rotated", &hook.url))
         .await;
-    // A batch waits in a stopped pipeline: its payload is under the old key.
+    // A batch processed under the old key (its capture is sealed with it),
+    // and one waiting in the stopped pipeline (its payload is too).
+    let zero = submit(&app, &id, ndjson(&records("zero"))).await;
+    assert_eq!(app.wait_batch(&id, &zero).await["status"], "completed");
     app.post(&format!("/api/v1/pipelines/{id}/stop"), json!({}))
         .await
         .expect(200);
@@ -405,7 +408,7 @@ async fn master_key_rotation_keeps_pipelines_working(b: Backend) {
     assert_eq!(report.kid, new.kid());
     assert_eq!(report.config_versions, 1, "{report:?}");
     assert_eq!(report.captures, 1, "{report:?}");
-    assert_eq!(report.payloads, 1, "{report:?}");
+    assert_eq!(report.payloads, 2, "{report:?}");
     let again = sluice_server::secrets::rotate(s.store().as_ref(), s.payloads(), s.keyring())
         .await
         .unwrap();
@@ -458,6 +461,15 @@ async fn master_key_rotation_keeps_pipelines_working(b: Backend) {
         .await
         .expect(200);
     assert_eq!(errors.data()[0]["record"]["tag"], "before");
+    let errors = app
+        .get(&format!("/api/v1/pipelines/{id}/batches/{zero}/errors"))
+        .await
+        .expect(200);
+    assert_eq!(
+        errors.data()[0]["record"]["tag"],
+        "zero",
+        "a rotated capture"
+    );
     let shown = app
         .get(&format!("/api/v1/pipelines/{id}"))
         .await
