@@ -202,7 +202,8 @@ fn locked_out(left: std::time::Duration) -> ApiError {
 }
 
 /// A lockout began: a security event for the SIEM, a metric, and an audit
-/// row in the tenant whose (revoked, expired or rotated-out) key was tried.
+/// row in the tenant whose (revoked, expired or rotated-out) key was tried,
+/// or in the system chain when the key was unknown.
 async fn lockout_started(
     state: &AppState,
     client: &str,
@@ -220,12 +221,9 @@ async fn lockout_started(
         "client address locked out after repeated authentication failures"
     );
     metrics::counter!("sluice_auth_lockouts_total").increment(1);
-    let Some(key) = key else {
-        return;
-    };
     let event = NewAuditEvent {
-        tenant_id: key.tenant_id,
-        actor_key_id: Some(key.id),
+        tenant_id: key.map_or(Uuid::nil(), |k| k.tenant_id),
+        actor_key_id: key.map(|k| k.id),
         action: "auth.lockout".to_owned(),
         target: Some(format!("address:{client}")),
         request_id: Some(crate::error::current_request_id()),
@@ -235,7 +233,12 @@ async fn lockout_started(
             "lockout_secs": duration.as_secs(),
         }),
     };
-    if let Err(error) = state.store().append_audit(event).await {
+    // Guesses of unknown keys belong to no tenant: the system chain.
+    let written = match key {
+        Some(_) => state.store().append_audit(event).await.map(drop),
+        None => state.store().append_system_audit(event).await.map(drop),
+    };
+    if let Err(error) = written {
         tracing::error!(%error, "writing audit event failed");
     }
 }

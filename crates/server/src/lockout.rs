@@ -9,10 +9,10 @@
 //! guessing. When the lock ends the count starts again from zero.
 //!
 //! The start of a lockout is a security event: a `security_event` log
-//! line for the SIEM (always), a metric, and an audit row in the tenant
-//! whose key was being tried when the failure that triggered it named a
-//! known (revoked, expired or rotated-out) key; guesses of unknown keys
-//! belong to no tenant and are only logged.
+//! line for the SIEM, a metric, and an audit row: in the tenant whose key
+//! was being tried when the failure that triggered it named a known
+//! (revoked, expired or rotated-out) key, else in the system chain
+//! (guesses of unknown keys belong to no tenant).
 //!
 //! With `redis.url` set the counts and locks live in Redis (one Lua
 //! script per failure, atomic), so every API node locks the address out
