@@ -665,6 +665,9 @@ mod tests {
         // A masked value that does not match what is stored is refused.
         let mut wrong = shown.clone();
         wrong["destination"]["secret"] = json!("****zzzz");
+        // (The fixture's previous_secret is a number, masked as `****`,
+        // which matches no stored string: send a plain one.)
+        wrong["destination"]["previous_secret"] = json!("plain-previous-secret");
         let problems = restore_masked(&ring, t, p, &mut wrong, &stored).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].path, "/destination/secret");
