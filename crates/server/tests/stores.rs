@@ -149,6 +149,14 @@ async fn outage_script(
     // before the timeout.
     proxy.set(Mode::Stall);
     batches.push(submit(app, pipeline, "slow").await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.stats().2 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached the stalled target"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_for(
         app,
         pipeline,

@@ -108,7 +108,8 @@ impl ChaosProxy {
         *self.shared.mode.lock().unwrap()
     }
 
-    /// Connections accepted, refused, and stalled so far.
+    /// Connections accepted, connections refused, and answers swallowed
+    /// (stalled connections plus held reads) so far.
     pub fn stats(&self) -> (u64, u64, u64) {
         (
             self.shared.accepted.load(Ordering::SeqCst),
@@ -150,6 +151,9 @@ async fn relay(client: TcpStream, shared: Arc<Shared>, mut generation: watch::Re
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let stall = *shared.mode.lock().unwrap() == Mode::Stall;
+                    if stall {
+                        shared.stalled.fetch_add(1, Ordering::SeqCst);
+                    }
                     if !stall && cw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
