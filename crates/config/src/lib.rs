@@ -11,14 +11,14 @@ pub mod pipeline;
 pub mod secrets;
 pub mod server;
 
+pub use outbound::{
+    BreakerSpec, CacheSpec, EnrichHttpSpec, HttpMethod, ProviderPreset, ProviderSpec, RetrySpec,
+    WebhookDestinationSpec,
+};
 pub use pipeline::{
     CastType, CompareOp, Condition, DedupeSpec, DestinationSpec, FileDestinationSpec, FilterSpec,
     MapOp, MapSpec, OnError, PipelineSpec, ProcessorSpec, RedactSpec, SchemaDraft, ScriptSpec,
     SourceSpec, ValidateSpec,
-};
-pub use outbound::{
-    BreakerSpec, CacheSpec, EnrichHttpSpec, HttpMethod, ProviderPreset, ProviderSpec, RetrySpec,
-    WebhookDestinationSpec,
 };
 pub use secrets::{ComponentKind, SECRET_FIELDS, SecretField, secret_paths};
 pub use server::{ServerConfig, ServerRole};

@@ -32,8 +32,14 @@ const ENV_ALIASES: &[(&str, &[&str])] = &[
     ("SLUICE_STORAGE_URL", &["storage", "url"]),
     ("SLUICE_LOG_LEVEL", &["log", "level"]),
     ("SLUICE_LOG_FORMAT", &["log", "format"]),
-    ("SLUICE_OUTBOUND_ALLOW_PRIVATE", &["outbound", "allow_private"]),
-    ("SLUICE_OUTBOUND_EXTRA_CA_FILE", &["outbound", "extra_ca_file"]),
+    (
+        "SLUICE_OUTBOUND_ALLOW_PRIVATE",
+        &["outbound", "allow_private"],
+    ),
+    (
+        "SLUICE_OUTBOUND_EXTRA_CA_FILE",
+        &["outbound", "extra_ca_file"],
+    ),
     ("SLUICE_WORKER_THREADS", &["worker", "threads"]),
     ("SLUICE_REDIS_URL", &["redis", "url"]),
 ];
@@ -227,6 +233,11 @@ pub struct WorkerConfig {
     pub poll_interval_ms: u64,
     /// Delivery attempts before a batch is marked failed.
     pub max_attempts: u32,
+    /// Delay before the first re-attempt of a batch whose delivery failed
+    /// transiently; it doubles per attempt (±25% jitter).
+    pub retry_initial_ms: u64,
+    /// Upper bound of that delay.
+    pub retry_max_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -238,6 +249,8 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             poll_interval_ms: 200,
             max_attempts: 5,
+            retry_initial_ms: 2_000,
+            retry_max_secs: 600,
         }
     }
 }
@@ -561,6 +574,12 @@ impl ServerConfig {
         }
         if w.max_attempts == 0 {
             problems.push(Problem::new("/worker/max_attempts", "must be positive"));
+        }
+        if w.retry_initial_ms == 0 {
+            problems.push(Problem::new("/worker/retry_initial_ms", "must be positive"));
+        }
+        if w.retry_max_secs == 0 {
+            problems.push(Problem::new("/worker/retry_max_secs", "must be positive"));
         }
         if self.retention.interval_secs == 0 {
             problems.push(Problem::new("/retention/interval_secs", "must be positive"));

@@ -61,6 +61,12 @@ pub struct RedactConfig {
     /// `"/user/email"`; a pointer to an object or array skips all of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<String>,
+    /// JSON pointers (RFC 6901) of the only values scanned, e.g.
+    /// `["/message", "/user/email"]`; a pointer to an object or array scans
+    /// all of it. Absent or empty: the whole record. Pointers that a record
+    /// lacks are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
     /// Whether field-name rules from the rules file apply (e.g. everything
     /// under `password` is a secret). Absent: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +120,7 @@ pub(crate) struct Resolved {
     pub allow_values: Vec<String>,
     pub allow_domains: Vec<String>,
     pub skip: Vec<Vec<String>>,
+    pub only: Vec<Vec<String>>,
     pub field_names: bool,
 }
 
@@ -295,6 +302,16 @@ impl RedactConfig {
                 )),
             }
         }
+        let mut only = Vec::new();
+        for (i, pointer) in self.only.iter().enumerate() {
+            match parse_pointer(pointer) {
+                Some(tokens) => only.push(tokens),
+                None => problems.push(ConfigProblem::new(
+                    format!("/only/{i}"),
+                    format!("{pointer:?} is not a JSON pointer (RFC 6901): it must be empty or start with '/', and '~' must be followed by 0 or 1"),
+                )),
+            }
+        }
         if problems.is_empty() {
             Ok(Resolved {
                 enabled,
@@ -303,6 +320,7 @@ impl RedactConfig {
                 allow_values,
                 allow_domains,
                 skip,
+                only,
                 field_names: self.field_names.unwrap_or(true),
             })
         } else {

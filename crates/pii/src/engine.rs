@@ -298,6 +298,7 @@ impl Redactor {
                 allow_values: Vec::new(),
                 allow_domains: Vec::new(),
                 skip: Vec::new(),
+                only: Vec::new(),
                 field_names: false,
             },
             placeholders: FastSet::default(),
@@ -322,8 +323,69 @@ impl Redactor {
             parent_norm: String::new(),
             cache: self.scanner.get_cache(),
         };
-        self.walk(record, None, None, &mut w);
+        if self.resolved.only.is_empty() {
+            self.walk(record, None, None, &mut w);
+        } else {
+            for tokens in &self.resolved.only {
+                self.walk_at(record, tokens, &mut w);
+            }
+        }
         self.scanner.put_cache(w.cache);
+    }
+
+    /// Walks the value at `tokens` (an `only` pointer), with the field
+    /// names above it as context; removes it when its action says so.
+    fn walk_at(&self, record: &mut Value, tokens: &[String], w: &mut Work) {
+        let Some((last, parents)) = tokens.split_last() else {
+            self.walk(record, None, None, w);
+            return;
+        };
+        let mut container = record;
+        for t in parents {
+            container = match container {
+                Value::Object(map) => match map.get_mut(t) {
+                    Some(v) => v,
+                    None => return,
+                },
+                Value::Array(items) => match t.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+                {
+                    Some(v) => v,
+                    None => return,
+                },
+                _ => return,
+            };
+        }
+        let key_of =
+            |t: &String| -> Option<String> { (t.parse::<usize>().is_err()).then(|| t.clone()) };
+        let key = key_of(last).or_else(|| parents.iter().rev().find_map(key_of));
+        let parent = parents
+            .iter()
+            .rev()
+            .filter_map(key_of)
+            .nth(usize::from(key_of(last).is_none()));
+        if !self.resolved.skip.is_empty() {
+            w.path = tokens.to_vec();
+        }
+        match container {
+            Value::Object(map) => {
+                let remove = match map.get_mut(last) {
+                    Some(v) => self.walk(v, key.as_deref(), parent.as_deref(), w),
+                    None => false,
+                };
+                if remove {
+                    map.remove(last);
+                }
+            }
+            Value::Array(items) => {
+                if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < items.len()) {
+                    if self.walk(&mut items[i], key.as_deref(), parent.as_deref(), w) {
+                        items.remove(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+        w.path.clear();
     }
 
     /// Redacts free text (a log line, a message) with no field context.
@@ -947,6 +1009,35 @@ mod tests {
         // A different key gives a different pseudonym.
         let other = Redactor::new(&RedactConfig::default(), b"other").unwrap();
         assert_ne!(other.pseudonym(PiiType::Email, "bob@example.com"), tag);
+    }
+
+    #[test]
+    fn only_scans_the_listed_pointers() {
+        let r = redactor(json!({
+            "only": ["/message", "/user/email", "/list/1", "/absent/x"],
+            "actions": {"PHONE": "remove"}
+        }));
+        let mut rec = json!({
+            "message": "mail bob@example.com",
+            "note": "mail bob@example.com",
+            "user": {"email": "bob@example.com", "name": "Diana Carter"},
+            "list": ["bob@example.com", "+1 415 555 2671", "x"],
+            "password": "hunter2"
+        });
+        r.redact_record(&mut rec);
+        assert_eq!(
+            rec,
+            json!({
+                "message": "mail [EMAIL]",
+                "note": "mail bob@example.com",
+                "user": {"email": "[EMAIL]", "name": "Diana Carter"},
+                "list": ["bob@example.com", "x"],
+                "password": "hunter2"
+            })
+        );
+        let bad: RedactConfig = serde_json::from_value(json!({"only": ["nope"]})).unwrap();
+        let problems = Redactor::new(&bad, b"k").err().unwrap();
+        assert_eq!(problems[0].pointer, "/only/0");
     }
 
     #[test]

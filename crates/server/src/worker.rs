@@ -415,7 +415,7 @@ impl Worker {
                         )),
                     })
                 } else {
-                    let delay = backoff(batch.attempts);
+                    let delay = backoff(&self.state.config().worker, batch.attempts);
                     tracing::warn!(error = %reason, retry_in_secs = delay.as_secs(), "batch attempt failed; will retry");
                     let not_before =
                         Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
@@ -495,9 +495,11 @@ fn kind_label(kind: FailureKind) -> &'static str {
     }
 }
 
-/// 2^attempt seconds with ±25% jitter, capped at 10 minutes.
-fn backoff(attempts: i32) -> Duration {
-    let base = 2f64.powi(attempts.clamp(0, 10)).min(600.0);
+/// `retry_initial_ms` doubled per attempt after the first, with ±25%
+/// jitter, capped at `retry_max_secs`.
+fn backoff(cfg: &sluice_config::server::WorkerConfig, attempts: i32) -> Duration {
+    let base = cfg.retry_initial_ms as f64 / 1000.0 * 2f64.powi((attempts - 1).clamp(0, 30));
+    let base = base.min(cfg.retry_max_secs as f64);
     let jitter = 0.75 + rand::random::<f64>() * 0.5;
     Duration::from_secs_f64(base * jitter)
 }
@@ -648,8 +650,16 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= Duration::from_secs_f64(1.25));
-        assert!(backoff(3) >= Duration::from_secs(6));
-        assert!(backoff(50) <= Duration::from_secs(750));
+        let cfg = sluice_config::server::WorkerConfig::default();
+        assert!(backoff(&cfg, 1) <= Duration::from_secs_f64(2.5));
+        assert!(backoff(&cfg, 3) >= Duration::from_secs(6));
+        assert!(backoff(&cfg, 50) <= Duration::from_secs(750));
+        let fast = sluice_config::server::WorkerConfig {
+            retry_initial_ms: 100,
+            retry_max_secs: 1,
+            ..cfg
+        };
+        assert!(backoff(&fast, 1) <= Duration::from_millis(125));
+        assert!(backoff(&fast, 20) <= Duration::from_millis(1250));
     }
 }

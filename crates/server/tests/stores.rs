@@ -41,6 +41,8 @@ async fn app() -> TestApp {
                 c.outbound.allow_private = true;
                 c.worker.part_records = PART_RECORDS;
                 c.worker.max_attempts = 50;
+                c.worker.retry_initial_ms = 200;
+                c.worker.retry_max_secs = 2;
             }),
         },
     )

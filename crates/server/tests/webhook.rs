@@ -193,6 +193,8 @@ async fn spawn(b: Backend) -> TestApp {
                 c.outbound.allow_private = true;
                 c.worker.part_records = 40;
                 c.worker.max_attempts = 30;
+                c.worker.retry_initial_ms = 200;
+                c.worker.retry_max_secs = 2;
             }),
         },
     )

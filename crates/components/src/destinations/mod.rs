@@ -2,6 +2,6 @@
 
 pub(crate) mod clickhouse;
 pub(crate) mod file;
-pub(crate) mod webhook;
 pub(crate) mod object_store;
 pub(crate) mod postgres;
+pub(crate) mod webhook;
