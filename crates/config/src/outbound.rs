@@ -500,7 +500,10 @@ fn check_url(url: &str, allow_http: bool, at: &str, problems: &mut Vec<Problem>,
                 format!("must use https (set `{flag}: true` to allow http for local testing)"),
             ));
         }
-        _ => problems.push(Problem::new(at, "only http and https URLs are allowed")),
+        _ => {
+            problems.push(Problem::new(at, "only http and https URLs are allowed"));
+            return;
+        }
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {

@@ -377,10 +377,10 @@ impl Redactor {
                 }
             }
             Value::Array(items) => {
-                if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < items.len()) {
-                    if self.walk(&mut items[i], key.as_deref(), parent.as_deref(), w) {
-                        items.remove(i);
-                    }
+                if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < items.len())
+                    && self.walk(&mut items[i], key.as_deref(), parent.as_deref(), w)
+                {
+                    items.remove(i);
                 }
             }
             _ => {}

@@ -596,7 +596,7 @@ impl Destination for ObjectStoreDestination {
             tokio::task::spawn_blocking(move || encode(&ndjson, format, compression, schema))
                 .await
                 .map_err(|_| DeliveryError::transient("encoding task failed"))?
-                .map_err(|m| DeliveryError::permanent(format!("{m}")))?;
+                .map_err(|m| DeliveryError::permanent(m.to_string()))?;
         self.check_reachable().await?;
         let store = self.store().await?;
         tokio::time::timeout(

@@ -81,7 +81,7 @@ impl ChaosProxy {
                 };
                 if !forward {
                     s.refused.fetch_add(1, Ordering::SeqCst);
-                    let _ = client.set_linger(Some(std::time::Duration::ZERO));
+                    let _ = reset_on_close(&client);
                     drop(client);
                     continue;
                 }
@@ -121,7 +121,7 @@ impl ChaosProxy {
 
 async fn relay(client: TcpStream, shared: Arc<Shared>, mut generation: watch::Receiver<u64>) {
     let Ok(server) = TcpStream::connect(shared.upstream).await else {
-        let _ = client.set_linger(Some(std::time::Duration::ZERO));
+        let _ = reset_on_close(&client);
         return;
     };
     let (mut cr, mut cw) = client.into_split();
@@ -178,4 +178,11 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Close with a reset (SO_LINGER 0), as a crashed or refusing server does.
+/// A zero linger sends RST at once, so the close never blocks.
+#[allow(deprecated)]
+fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_linger(Some(std::time::Duration::ZERO))
 }
