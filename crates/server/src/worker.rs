@@ -287,6 +287,11 @@ impl Worker {
             failed: 0,
         };
         let mut done = false;
+        // After a part fails, no new part starts, but the parts already in
+        // flight run to their end: cancelling them would also cancel a
+        // circuit breaker's half-open probe, which then never reports, and
+        // a multi-part batch could never get through a recovering target.
+        let mut first_error: Option<AttemptError> = None;
         while !done || !inflight.is_empty() {
             if !done && inflight.len() < max_inflight {
                 match parts.next().await {
@@ -338,7 +343,14 @@ impl Worker {
             let Some(result) = inflight.next().await else {
                 break;
             };
-            let output = result?;
+            let output = match result {
+                Ok(output) => output,
+                Err(e) => {
+                    done = true;
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
             counts.failed += output.failures.len() as i64;
             counts.succeeded += output.records_in as i64 - output.failures.len() as i64;
             if !output.failures.is_empty() {
@@ -367,6 +379,9 @@ impl Worker {
                     .await
                     .map_err(|e| AttemptError::Transient(format!("database: {e}")))?;
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         Ok(counts)
     }

@@ -241,7 +241,6 @@ async fn assert_metrics(app: &TestApp, kind: &str) {
 // ---------------------------------------------------------------- postgres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: after the slow phase every attempt meets a half-open breaker whose probe never reports, until the retry budget is spent"]
 async fn postgres_outage_delivers_every_record_once() {
     let Some(base) = sluice_store::testing::test_database_url() else {
         eprintln!("SLUICE_TEST_DATABASE_URL is not set; PostgreSQL destination test not run");
@@ -465,7 +464,7 @@ impl Drop for ClickHouse {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: after the slow phase every attempt meets a half-open breaker whose probe never reports, until the retry budget is spent"]
+#[ignore = "fails: after the slow phase a half-open probe to ClickHouse never reports, so every attempt meets the breaker until the retry budget is spent"]
 async fn clickhouse_outage_delivers_every_record_once() {
     let ch = ClickHouse::start().await;
     let version = ch.query("SELECT version()").await.unwrap();
@@ -612,7 +611,6 @@ impl Drop for S3Server {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: after the slow phase every attempt meets a half-open breaker whose probe never reports, until the retry budget is spent"]
 async fn object_store_outage_delivers_every_record_once() {
     let s3 = S3Server::start("sluice").await;
     let proxy = ChaosProxy::start(s3.addr).await;
