@@ -58,10 +58,13 @@ impl SqliteStore {
                     .map_err(|error| StoreError::Backend(Box::new(error)))?;
             }
         }
+        // secure_delete: deleted rows are overwritten, so an erased tenant's
+        // data does not linger in free pages of the database file.
         let base = base
             .create_if_missing(true)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("secure_delete", "ON");
         let writer_options = base
             .clone()
             .journal_mode(SqliteJournalMode::Wal)
@@ -188,6 +191,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync, 2);
+        let secure: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(store.write())
+            .await
+            .unwrap();
+        assert_eq!(secure, 1);
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
             .fetch_one(store.read())
             .await
