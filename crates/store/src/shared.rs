@@ -347,6 +347,28 @@ macro_rules! store_impl {
                 DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now)
             }
 
+            /// The event as stored at `seq` of a chain whose last hash is
+            /// `prev_hash`, with its own hash.
+            fn chained(event: NewAuditEvent, seq: i64, prev_hash: String) -> AuditEvent {
+                let mut stored = AuditEvent {
+                    id: Uuid::now_v7(),
+                    tenant_id: event.tenant_id,
+                    actor_key_id: event.actor_key_id,
+                    action: event.action,
+                    target: event.target,
+                    request_id: event.request_id,
+                    client_addr: event.client_addr,
+                    details: event.details,
+                    created_at: audit_now(),
+                    seq: Some(seq),
+                    prev_hash: None,
+                    hash: None,
+                };
+                stored.hash = Some($crate::audit_hash(&prev_hash, &stored));
+                stored.prev_hash = Some(prev_hash);
+                stored
+            }
+
             fn rows<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T>) -> Result<Vec<T>> {
                 rows.iter().map(f).collect()
             }
@@ -1216,22 +1238,7 @@ macro_rules! store_impl {
                         ),
                         None => (1, $crate::GENESIS_HASH.to_owned()),
                     };
-                    let mut stored = AuditEvent {
-                        id: Uuid::now_v7(),
-                        tenant_id: event.tenant_id,
-                        actor_key_id: event.actor_key_id,
-                        action: event.action,
-                        target: event.target,
-                        request_id: event.request_id,
-                        client_addr: event.client_addr,
-                        details: event.details,
-                        created_at: audit_now(),
-                        seq: Some(seq),
-                        prev_hash: Some(prev_hash),
-                        hash: None,
-                    };
-                    let hash = $crate::audit_hash(stored.prev_hash.as_deref().unwrap_or_default(), &stored);
-                    stored.hash = Some(hash);
+                    let stored = chained(event, seq, prev_hash);
                     sqlx::query(
                         "INSERT INTO audit_events (id, tenant_id, actor_key_id, action, target, \
                          request_id, client_addr, details, created_at, seq, prev_hash, hash) \
@@ -1271,22 +1278,7 @@ macro_rules! store_impl {
                         Some(row) => (row.try_get::<i64, _>("seq")? + 1, row.try_get::<String, _>("hash")?),
                         None => (1, $crate::GENESIS_HASH.to_owned()),
                     };
-                    let mut stored = AuditEvent {
-                        id: Uuid::now_v7(),
-                        tenant_id: event.tenant_id,
-                        actor_key_id: event.actor_key_id,
-                        action: event.action,
-                        target: event.target,
-                        request_id: event.request_id,
-                        client_addr: event.client_addr,
-                        details: event.details,
-                        created_at: audit_now(),
-                        seq: Some(seq),
-                        prev_hash: Some(prev_hash),
-                        hash: None,
-                    };
-                    let hash = $crate::audit_hash(stored.prev_hash.as_deref().unwrap_or_default(), &stored);
-                    stored.hash = Some(hash);
+                    let stored = chained(event, seq, prev_hash);
                     sqlx::query(
                         "INSERT INTO system_audit_events (id, tenant_id, actor_key_id, action, target, \
                          request_id, client_addr, details, created_at, seq, prev_hash, hash) \
