@@ -16,9 +16,11 @@
 //! data key, wrapped (AES-256-GCM) by the tenant's `payload-keys` key with
 //! the payload's object key as associated data, and the records are
 //! encrypted in 64 KiB chunks with the STREAM construction
-//! (`aead::stream`, AES-256-GCM, big-endian 32-bit chunk counter and a
-//! last-chunk flag in the nonce), so a reordered, dropped, duplicated or
-//! truncated chunk fails authentication. An object is:
+//! (AES-256-GCM; nonce = 7-byte random prefix, big-endian 32-bit chunk
+//! counter, last-chunk flag: the `StreamBE32` layout of `aead::stream`),
+//! so a reordered, dropped, duplicated or truncated chunk fails
+//! authentication. The chunks are sealed with `ring`'s AES-GCM, several
+//! times faster than a portable GHASH on this path. An object is:
 //!
 //! ```text
 //! "SLP\x01" | kid (8 ASCII hex) | wrap nonce (12) | wrapped data key (48)
@@ -32,10 +34,6 @@
 
 use crate::keyring::Keyring;
 use crate::secrets::{open, seal};
-use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::KeyInit;
-use aes_gcm::aead::generic_array::GenericArray;
-use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
 use anyhow::Context;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::BoxStream;
@@ -44,6 +42,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, WriteMultipart};
 use rand::RngCore;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,7 +85,7 @@ fn wrap_aad(tenant: uuid::Uuid, key: &str) -> Vec<u8> {
 }
 
 /// A fresh header and the stream encryptor for the payload under `key`.
-fn new_header(keyring: &Keyring, key: &str) -> anyhow::Result<(Vec<u8>, EncryptorBE32<Aes256Gcm>)> {
+fn new_header(keyring: &Keyring, key: &str) -> anyhow::Result<(Vec<u8>, Stream)> {
     let tenant = tenant_of(key)?;
     let mut data_key = [0u8; 32];
     rand::rng().fill_bytes(&mut data_key);
@@ -103,11 +102,57 @@ fn new_header(keyring: &Keyring, key: &str) -> anyhow::Result<(Vec<u8>, Encrypto
     header.extend_from_slice(&wrapped);
     header.extend_from_slice(&prefix);
     debug_assert_eq!(header.len(), HEADER_LEN);
-    let cipher = Aes256Gcm::new(GenericArray::from_slice(&data_key));
-    Ok((
-        header,
-        EncryptorBE32::from_aead(cipher, GenericArray::from_slice(&prefix)),
-    ))
+    let stream = Stream::new(&data_key, &prefix)?;
+    Ok((header, stream))
+}
+
+/// The STREAM construction over AES-256-GCM: chunk `i` is sealed under
+/// the nonce `prefix | i (u32, big-endian) | last`, so chunks cannot be
+/// reordered, dropped or duplicated, and the end cannot be cut off.
+struct Stream {
+    key: LessSafeKey,
+    prefix: [u8; PREFIX_LEN],
+    position: u32,
+}
+
+impl Stream {
+    fn new(data_key: &[u8; 32], prefix: &[u8]) -> anyhow::Result<Stream> {
+        let key = UnboundKey::new(&AES_256_GCM, data_key)
+            .map_err(|_| anyhow::anyhow!("bad payload data key"))?;
+        Ok(Stream {
+            key: LessSafeKey::new(key),
+            prefix: <[u8; PREFIX_LEN]>::try_from(prefix)
+                .map_err(|_| anyhow::anyhow!("bad payload nonce prefix"))?,
+            position: 0,
+        })
+    }
+
+    /// The nonce of the current chunk; moves on to the next one.
+    fn next_nonce(&mut self, last: bool) -> anyhow::Result<Nonce> {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..PREFIX_LEN].copy_from_slice(&self.prefix);
+        nonce[PREFIX_LEN..PREFIX_LEN + 4].copy_from_slice(&self.position.to_be_bytes());
+        nonce[NONCE_LEN - 1] = u8::from(last);
+        self.position = self
+            .position
+            .checked_add(1)
+            .context("payload too large to encrypt")?;
+        Ok(Nonce::assume_unique_for_key(nonce))
+    }
+
+    /// Encrypt `chunk` in place and append its tag.
+    fn seal(&mut self, chunk: &mut Vec<u8>, last: bool) -> anyhow::Result<()> {
+        let nonce = self.next_nonce(last)?;
+        self.key
+            .seal_in_place_append_tag(nonce, Aad::empty(), chunk)
+            .map_err(|_| anyhow::anyhow!("payload chunk encryption failed"))
+    }
+
+    /// Decrypt a sealed chunk in place; returns the plaintext length.
+    fn open(&mut self, chunk: &mut [u8], last: bool) -> Result<usize, ring::error::Unspecified> {
+        let nonce = self.next_nonce(last).map_err(|_| ring::error::Unspecified)?;
+        Ok(self.key.open_in_place(nonce, Aad::empty(), chunk)?.len())
+    }
 }
 
 /// Parse a header: (kid, wrapped data key, stream nonce prefix).
@@ -374,7 +419,7 @@ pub struct PayloadWriter {
     local_file: Option<PathBuf>,
     /// Plaintext bytes written.
     bytes: u64,
-    encryptor: Option<EncryptorBE32<Aes256Gcm>>,
+    encryptor: Option<Stream>,
     /// Plaintext of the chunk being filled (room for its tag).
     chunk: Vec<u8>,
 }
@@ -404,9 +449,7 @@ impl PayloadWriter {
         else {
             anyhow::bail!("payload writer already closed");
         };
-        encryptor
-            .encrypt_next_in_place(b"", &mut self.chunk)
-            .map_err(|_| anyhow::anyhow!("payload too large to encrypt"))?;
+        encryptor.seal(&mut self.chunk, false)?;
         upload
             .wait_for_capacity(PART_CONCURRENCY)
             .await
@@ -423,16 +466,13 @@ impl PayloadWriter {
 
     /// Complete the upload and make it durable.
     pub async fn finish(mut self) -> anyhow::Result<u64> {
-        let (Some(mut upload), Some(encryptor)) = (self.upload.take(), self.encryptor.take())
+        let (Some(mut upload), Some(mut encryptor)) = (self.upload.take(), self.encryptor.take())
         else {
             anyhow::bail!("payload writer already closed");
         };
-        if encryptor
-            .encrypt_last_in_place(b"", &mut self.chunk)
-            .is_err()
-        {
+        if let Err(e) = encryptor.seal(&mut self.chunk, true) {
             let _ = upload.abort().await;
-            anyhow::bail!("payload too large to encrypt");
+            return Err(e);
         }
         upload.write(&self.chunk);
         upload.finish().await.context("completing payload upload")?;
@@ -459,7 +499,7 @@ struct ReadState {
     inner: BoxStream<'static, anyhow::Result<Bytes>>,
     /// Ciphertext received and not yet decrypted.
     buf: BytesMut,
-    decryptor: Option<DecryptorBE32<Aes256Gcm>>,
+    decryptor: Option<Stream>,
     keyring: Arc<Keyring>,
     key: String,
     eof: bool,
@@ -476,11 +516,7 @@ impl ReadState {
                 None if self.buf.len() >= HEADER_LEN => {
                     let (kid, wrapped, prefix) = parse_header(&self.buf)?;
                     let data_key = unwrap_data_key(&self.keyring, &self.key, kid, wrapped)?;
-                    let cipher = Aes256Gcm::new(GenericArray::from_slice(&data_key));
-                    self.decryptor = Some(DecryptorBE32::from_aead(
-                        cipher,
-                        GenericArray::from_slice(prefix),
-                    ));
+                    self.decryptor = Some(Stream::new(&data_key, prefix)?);
                     self.buf.advance(HEADER_LEN);
                     continue;
                 }
@@ -489,36 +525,34 @@ impl ReadState {
                 // More than one sealed chunk buffered: the first is not
                 // the last one.
                 Some(decryptor) if self.buf.len() > CHUNK + TAG => {
-                    let mut chunk = self.buf.split_to(CHUNK + TAG).to_vec();
-                    decryptor
-                        .decrypt_next_in_place(b"", &mut chunk)
-                        .map_err(|_| {
-                            anyhow::anyhow!(
-                                "a payload chunk failed authentication (modified, reordered or truncated)"
-                            )
-                        })?;
-                    return Ok(Some((Bytes::from(chunk), self)));
+                    let mut chunk = self.buf.split_to(CHUNK + TAG);
+                    let len = decryptor.open(&mut chunk, false).map_err(|_| {
+                        anyhow::anyhow!(
+                            "a payload chunk failed authentication (modified, reordered or truncated)"
+                        )
+                    })?;
+                    chunk.truncate(len);
+                    return Ok(Some((chunk.freeze(), self)));
                 }
                 Some(_) if self.eof => {
                     self.done = true;
-                    let Some(decryptor) = self.decryptor.take() else {
+                    let Some(mut decryptor) = self.decryptor.take() else {
                         return Ok(None);
                     };
                     if self.buf.len() < TAG {
                         anyhow::bail!("the payload is truncated");
                     }
-                    let mut chunk = std::mem::take(&mut self.buf).to_vec();
-                    decryptor
-                        .decrypt_last_in_place(b"", &mut chunk)
-                        .map_err(|_| {
-                            anyhow::anyhow!(
-                                "the payload's last chunk failed authentication (modified or truncated)"
-                            )
-                        })?;
-                    if chunk.is_empty() {
+                    let mut chunk = std::mem::take(&mut self.buf);
+                    let len = decryptor.open(&mut chunk, true).map_err(|_| {
+                        anyhow::anyhow!(
+                            "the payload's last chunk failed authentication (modified or truncated)"
+                        )
+                    })?;
+                    if len == 0 {
                         return Ok(None);
                     }
-                    return Ok(Some((Bytes::from(chunk), self)));
+                    chunk.truncate(len);
+                    return Ok(Some((chunk.freeze(), self)));
                 }
                 Some(_) => {}
             }
@@ -556,6 +590,61 @@ mod tests {
 
     fn key_for(tenant: uuid::Uuid, name: &str) -> String {
         format!("{tenant}/{}/{name}.ndjson", uuid::Uuid::now_v7())
+    }
+
+    /// The chunks are the `aead::stream` STREAM-BE32 layout over
+    /// AES-256-GCM: payloads written by that implementation read back,
+    /// and the other way round.
+    #[test]
+    fn chunks_are_aead_stream_be32() {
+        use aes_gcm::Aes256Gcm;
+        use aes_gcm::aead::KeyInit;
+        use aes_gcm::aead::generic_array::GenericArray;
+        use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
+        let data_key = [7u8; 32];
+        let prefix = [9u8; PREFIX_LEN];
+        let plain: Vec<Vec<u8>> = vec![vec![1; 100], vec![2; 33], vec![]];
+        let reference = || Aes256Gcm::new(GenericArray::from_slice(&data_key));
+
+        // Theirs -> ours.
+        let mut enc = EncryptorBE32::from_aead(reference(), GenericArray::from_slice(&prefix));
+        let mut sealed = Vec::new();
+        for p in &plain[..2] {
+            let mut c = p.clone();
+            enc.encrypt_next_in_place(b"", &mut c).unwrap();
+            sealed.push(c);
+        }
+        let mut last = plain[2].clone();
+        enc.encrypt_last_in_place(b"", &mut last).unwrap();
+        sealed.push(last);
+        let mut ours = Stream::new(&data_key, &prefix).unwrap();
+        for (i, c) in sealed.iter().enumerate() {
+            let mut c = c.clone();
+            let n = ours.open(&mut c, i == 2).unwrap();
+            assert_eq!(&c[..n], &plain[i][..]);
+        }
+
+        // Ours -> theirs, and a chunk out of place fails.
+        let mut ours = Stream::new(&data_key, &prefix).unwrap();
+        let mut sealed = Vec::new();
+        for (i, p) in plain.iter().enumerate() {
+            let mut c = p.clone();
+            ours.seal(&mut c, i == 2).unwrap();
+            sealed.push(c);
+        }
+        let mut dec = DecryptorBE32::from_aead(reference(), GenericArray::from_slice(&prefix));
+        for (i, c) in sealed.iter().enumerate().take(2) {
+            let mut c = c.clone();
+            dec.decrypt_next_in_place(b"", &mut c).unwrap();
+            assert_eq!(c, plain[i]);
+        }
+        let mut c = sealed[2].clone();
+        dec.decrypt_last_in_place(b"", &mut c).unwrap();
+        assert!(c.is_empty());
+        let mut swapped = Stream::new(&data_key, &prefix).unwrap();
+        assert!(swapped.open(&mut sealed[1].clone(), false).is_err());
+        let mut early_end = Stream::new(&data_key, &prefix).unwrap();
+        assert!(early_end.open(&mut sealed[0].clone(), true).is_err());
     }
 
     async fn read_all(store: &PayloadStore, key: &str) -> anyhow::Result<Vec<u8>> {
