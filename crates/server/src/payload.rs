@@ -150,7 +150,9 @@ impl Stream {
 
     /// Decrypt a sealed chunk in place; returns the plaintext length.
     fn open(&mut self, chunk: &mut [u8], last: bool) -> Result<usize, ring::error::Unspecified> {
-        let nonce = self.next_nonce(last).map_err(|_| ring::error::Unspecified)?;
+        let nonce = self
+            .next_nonce(last)
+            .map_err(|_| ring::error::Unspecified)?;
         Ok(self.key.open_in_place(nonce, Aad::empty(), chunk)?.len())
     }
 }
