@@ -4,6 +4,8 @@
 //! once (R-DEL-1).
 
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 use uuid::Uuid;
 
 /// One part of a batch's output, ready to write.
@@ -58,6 +60,37 @@ impl DeliveryError {
     }
 }
 
+/// One request to a destination's target, as handed to [`Calls::call`].
+pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
+
+/// How a destination makes each request to its target. The retry wrapper
+/// (`sluice_outbound::ResilientDestination`) implements it with backoff
+/// and the target's circuit breaker, so that what is retried, counted by
+/// the breaker and sent as a half-open probe is one request, not a whole
+/// part that may take several requests.
+#[async_trait::async_trait]
+pub trait Calls: Send + Sync {
+    /// Make one request; `request` builds it again for every try.
+    async fn call<'r>(
+        &self,
+        request: &'r (dyn Fn() -> CallFuture<'r> + Send + Sync + 'r),
+    ) -> Result<(), DeliveryError>;
+}
+
+/// [`Calls`] without retries or a breaker: each request is made once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Direct;
+
+#[async_trait::async_trait]
+impl Calls for Direct {
+    async fn call<'r>(
+        &self,
+        request: &'r (dyn Fn() -> CallFuture<'r> + Send + Sync + 'r),
+    ) -> Result<(), DeliveryError> {
+        request().await
+    }
+}
+
 /// A built destination, shared by every worker task.
 #[async_trait::async_trait]
 pub trait Destination: Send + Sync {
@@ -66,6 +99,22 @@ pub trait Destination: Send + Sync {
 
     /// Write one part. Idempotent per (`batch_id`, `part`).
     async fn write(&self, part: &OutputPart) -> Result<(), DeliveryError>;
+
+    /// Write one part, making every request to the target through
+    /// `calls`. The default makes the whole part one request. A
+    /// destination that sends a part as several requests (the webhook's
+    /// chunks) overrides it: each request is then retried on its own, a
+    /// retry never re-sends what the target already acknowledged, and a
+    /// breaker's probe is a single request. Under a target that fails
+    /// every other request, a part of three chunks retried as a whole
+    /// would never get through; chunk by chunk it does.
+    async fn write_through(
+        &self,
+        part: &OutputPart,
+        calls: &dyn Calls,
+    ) -> Result<(), DeliveryError> {
+        calls.call(&|| Box::pin(self.write(part))).await
+    }
 
     /// Cheap reachability check for `/readyz` and pipeline start.
     async fn healthcheck(&self) -> Result<(), DeliveryError>;

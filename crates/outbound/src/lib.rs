@@ -29,6 +29,7 @@ pub mod guard;
 pub mod retry;
 
 use guard::{AddressPolicy, Denied, GuardedResolver};
+use sluice_core::destination::{CallFuture, Calls};
 use sluice_core::{DeliveryError, Destination, FailureKind, OutputPart};
 use std::future::Future;
 use std::path::Path;
@@ -310,9 +311,11 @@ fn chain(error: &dyn std::error::Error) -> String {
     }
 }
 
-/// A destination with retries and a circuit breaker around its writes
-/// (R-DEL-2). The inner destination classifies its errors and applies its
-/// own timeouts; this wrapper decides whether and when to try again.
+/// A destination with retries and a circuit breaker around each of its
+/// requests (R-DEL-2). The inner destination classifies its errors and
+/// applies its own timeouts; this wrapper decides whether and when to try
+/// again. A destination that sends a part as several requests has each
+/// one retried and counted on its own (see [`Destination::write_through`]).
 pub struct ResilientDestination {
     inner: Arc<dyn Destination>,
     resilience: Resilience,
@@ -334,18 +337,29 @@ impl Destination for ResilientDestination {
         self.inner.type_name()
     }
 
+    /// Every request the destination makes for the part goes through the
+    /// retries and the breaker on its own ([`Destination::write_through`]).
     async fn write(&self, part: &OutputPart) -> Result<(), DeliveryError> {
-        let inner = &self.inner;
-        self.resilience
-            .run(|| async move { inner.write(part).await.map_err(CallError::from_delivery) })
-            .await
-            .map_err(CallError::into_delivery)
+        self.inner.write_through(part, &self.resilience).await
     }
 
     /// Health checks bypass the breaker and are not retried: they report
     /// the target's state as it is now.
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         self.inner.healthcheck().await
+    }
+}
+
+/// A destination's requests, each retried and guarded by the breaker.
+#[async_trait::async_trait]
+impl Calls for Resilience {
+    async fn call<'r>(
+        &self,
+        request: &'r (dyn Fn() -> CallFuture<'r> + Send + Sync + 'r),
+    ) -> Result<(), DeliveryError> {
+        self.run(|| async { request().await.map_err(CallError::from_delivery) })
+            .await
+            .map_err(CallError::into_delivery)
     }
 }
 

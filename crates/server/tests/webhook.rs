@@ -29,13 +29,11 @@ use tokio_util::sync::CancellationToken;
 backend_tests!(a_refusing_receiver_fails_the_batch_with_its_answer,);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the batch submitted in the flapping phase spends its retry budget (worker.max_attempts 30 at retry_max_secs 2) and ends failed"]
 async fn misbehaving_receiver_sqlite() {
     a_misbehaving_receiver_gets_every_record_exactly_once(Backend::Sqlite).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the batch submitted in the flapping phase spends its retry budget (worker.max_attempts 30 at retry_max_secs 2) and ends failed"]
 async fn misbehaving_receiver_postgres() {
     a_misbehaving_receiver_gets_every_record_exactly_once(Backend::Postgres).await
 }

@@ -17,8 +17,11 @@
 //! the retry wrapper); a redirect or any other 4xx is permanent and the
 //! error names the status and the start of the body (at most 256 bytes,
 //! redacted). Retries, backoff and the circuit breaker are applied around
-//! `write` by the registry (`sluice_outbound::ResilientDestination`); a
-//! retried part re-sends its chunks with the same keys.
+//! each chunk's request by the registry's wrapper
+//! (`sluice_outbound::ResilientDestination`, through `write_through`): a
+//! failed chunk is retried on its own, with the same key, and the chunks
+//! before it are not sent again within the attempt. A part retried in a
+//! later attempt re-sends all its chunks with the same keys.
 
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sluice_config::WebhookDestinationSpec;
+use sluice_core::destination::{Calls, Direct};
 use sluice_core::{DeliveryError, Destination, OutputPart, Problem};
 use sluice_outbound::{CallError, ClientOptions, Outbound};
 
@@ -190,6 +194,17 @@ impl Destination for WebhookDestination {
     }
 
     async fn write(&self, part: &OutputPart) -> Result<(), DeliveryError> {
+        self.write_through(part, &Direct).await
+    }
+
+    /// Each chunk is one request through `calls`: a retry re-sends the
+    /// chunk that failed, not the chunks the receiver already took, and
+    /// the breaker judges (and probes with) single requests.
+    async fn write_through(
+        &self,
+        part: &OutputPart,
+        calls: &dyn Calls,
+    ) -> Result<(), DeliveryError> {
         let bodies = chunks(&part.ndjson, self.chunk_records);
         let several = bodies.len() > 1;
         for (i, body) in bodies.into_iter().enumerate() {
@@ -198,9 +213,16 @@ impl Destination for WebhookDestination {
             } else {
                 format!("{}:{}", part.batch_id, part.part)
             };
-            self.send(&key, body)
-                .await
-                .map_err(sluice_outbound::CallError::into_delivery)?;
+            let (key, body) = (&key, &body);
+            calls
+                .call(&|| {
+                    Box::pin(async move {
+                        self.send(key, body.clone())
+                            .await
+                            .map_err(CallError::into_delivery)
+                    })
+                })
+                .await?;
         }
         Ok(())
     }
