@@ -291,6 +291,8 @@ impl Worker {
         // flight run to their end: cancelling them would also cancel a
         // circuit breaker's half-open probe, which then never reports, and
         // a multi-part batch could never get through a recovering target.
+        // The attempt reports the gravest of its parts' errors (see
+        // `graver`).
         let mut first_error: Option<AttemptError> = None;
         while !done || !inflight.is_empty() {
             if !done && inflight.len() < max_inflight {
@@ -347,7 +349,7 @@ impl Worker {
                 Ok(output) => output,
                 Err(e) => {
                     done = true;
-                    first_error.get_or_insert(e);
+                    first_error = Some(graver(first_error.take(), e));
                     continue;
                 }
             };
@@ -492,6 +494,23 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// The error an attempt reports when several of its parts failed: the
+/// first permanent one, else the first. While one part holds the breaker's
+/// half-open probe, the other parts fail fast with "circuit breaker open";
+/// if the probe then meets a permanent refusal, keeping only the first
+/// error would re-queue the batch for a transient reason on every attempt
+/// and hide the real one until the retry budget is spent.
+fn graver(first: Option<AttemptError>, next: AttemptError) -> AttemptError {
+    match first {
+        Some(first @ AttemptError::Permanent(_)) => first,
+        Some(first) if !matches!(next, AttemptError::Permanent(_)) => {
+            tracing::debug!(error = ?next, "another part of the attempt failed");
+            first
+        }
+        _ => next,
     }
 }
 
@@ -661,6 +680,22 @@ mod tests {
         }
         assert!(parts_of(b"", 1, 2).await.is_empty());
         assert_eq!(parts_of(b"a\nb", 1, 5).await, vec![(0, b"a\nb".to_vec())]);
+    }
+
+    #[test]
+    fn a_permanent_part_error_outweighs_transient_ones() {
+        let t = |m: &str| AttemptError::Transient(m.into());
+        let p = |m: &str| AttemptError::Permanent(m.into());
+        let e = graver(Some(t("circuit breaker open")), p("HTTP 411"));
+        assert!(matches!(e, AttemptError::Permanent(m) if m == "HTTP 411"));
+        let e = graver(Some(p("first")), p("second"));
+        assert!(matches!(e, AttemptError::Permanent(m) if m == "first"));
+        let e = graver(Some(p("first")), t("later"));
+        assert!(matches!(e, AttemptError::Permanent(m) if m == "first"));
+        let e = graver(Some(t("first")), t("second"));
+        assert!(matches!(e, AttemptError::Transient(m) if m == "first"));
+        let e = graver(None, t("only"));
+        assert!(matches!(e, AttemptError::Transient(m) if m == "only"));
     }
 
     #[test]

@@ -295,28 +295,38 @@ fn request_error(e: &reqwest::Error) -> DeliveryError {
 }
 
 impl ClickhouseDestination {
-    /// Run one statement; `body` is the data for an INSERT.
+    /// Run one statement; `data` is the rows of an INSERT.
+    ///
+    /// An INSERT sends its statement in the URL and its rows as the body.
+    /// Any other statement is sent as the body itself: a POST without a
+    /// body goes out without `Content-Length`, which ClickHouse 18.16
+    /// refuses with `411 Length Required` (code 381) — and `SELECT
+    /// version()` is the first thing a destination asks.
     async fn execute(
         &self,
         query: &str,
         params: &[(&str, String)],
-        body: Vec<u8>,
+        data: Option<Vec<u8>>,
     ) -> Result<String, DeliveryError> {
         let mut url = self.base.clone();
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("query", query);
+            if data.is_some() {
+                q.append_pair("query", query);
+            }
             for (k, v) in params {
                 q.append_pair(k, v);
             }
         }
+        let is_insert = data.is_some();
+        let body = data.unwrap_or_else(|| query.as_bytes().to_vec());
         let mut req = self
             .client
             .post(url)
             .map_err(|denied| DeliveryError::permanent(denied.to_string()))?
             .basic_auth(&self.user, self.password.as_deref())
             .body(body);
-        if query.contains("JSONEachRow") {
+        if is_insert {
             req = req.header("content-type", "application/x-ndjson");
         }
         let resp = req.send().await.map_err(|e| request_error(&e))?;
@@ -344,7 +354,7 @@ impl ClickhouseDestination {
     async fn prepare(&self) -> Result<bool, DeliveryError> {
         self.dedup_token
             .get_or_try_init(|| async {
-                let version = self.execute("SELECT version()", &[], Vec::new()).await?;
+                let version = self.execute("SELECT version()", &[], None).await?;
                 let token = parse_version(&version).is_some_and(supports_dedup_token);
                 if self.create_table
                     && let Layout::Json(data) = &self.layout
@@ -361,7 +371,7 @@ impl ClickhouseDestination {
                         quote(data),
                         quote(&self.id_column),
                     );
-                    self.execute(&sql, &[], Vec::new()).await?;
+                    self.execute(&sql, &[], None).await?;
                 }
                 Ok(token)
             })
@@ -455,13 +465,13 @@ impl Destination for ClickhouseDestination {
                 format!("{}:{}", part.batch_id, part.part),
             ));
         }
-        self.execute(&query, &params, body).await.map(|_| ())
+        self.execute(&query, &params, Some(body)).await.map(|_| ())
     }
 
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         self.prepare().await?;
         let probe = format!("SELECT {} FROM {} WHERE 0", self.columns(), self.table);
-        self.execute(&probe, &[], Vec::new()).await.map(|_| ())
+        self.execute(&probe, &[], None).await.map(|_| ())
     }
 }
 
@@ -531,6 +541,96 @@ mod tests {
         assert_eq!(e.kind, sluice_core::FailureKind::Transient);
         let e = classify(reqwest::StatusCode::BAD_REQUEST, None, "x");
         assert_eq!(e.kind, sluice_core::FailureKind::Permanent);
+    }
+
+    /// A stand-in for ClickHouse 18.16's HTTP interface: a POST without
+    /// `Content-Length` (or chunked encoding) is refused with 411 and code
+    /// 381; otherwise the statement is the `query` parameter followed by
+    /// the body, as ClickHouse reads it.
+    async fn fake_clickhouse() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+        let seen: Seen = Default::default();
+        let app = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::post(
+                    |axum::extract::State(seen): axum::extract::State<Seen>,
+                     axum::extract::Query(q): axum::extract::Query<
+                        std::collections::HashMap<String, String>,
+                    >,
+                     headers: HeaderMap,
+                     body: axum::body::Bytes| async move {
+                        if !headers.contains_key("content-length")
+                            && !headers.contains_key("transfer-encoding")
+                        {
+                            return (
+                                StatusCode::LENGTH_REQUIRED,
+                                [("x-clickhouse-exception-code", "381")],
+                                "Code: 381, e.displayText() = DB::Exception: The Transfer-Encoding is not chunked and there is no Content-Length header for POST request",
+                            )
+                                .into_response();
+                        }
+                        let mut sql = q.get("query").cloned().unwrap_or_default();
+                        if !sql.is_empty() {
+                            sql.push(' ');
+                        }
+                        sql.push_str(&String::from_utf8_lossy(&body));
+                        let answer = if sql.starts_with("SELECT version()") {
+                            "18.16.1\n"
+                        } else {
+                            ""
+                        };
+                        seen.lock().unwrap().push(sql);
+                        answer.into_response()
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    /// Regression (issue 6, `clickhouse_outage_delivers_every_record_once`):
+    /// `SELECT version()` went out as a POST without a body and without
+    /// `Content-Length`; ClickHouse 18.16 answered 411, a permanent error,
+    /// so no part was ever written.
+    #[tokio::test]
+    async fn statements_without_rows_carry_a_body_with_a_length() {
+        let (url, seen) = fake_clickhouse().await;
+        let spec: ClickhouseDestinationSpec =
+            serde_json::from_value(json!({"url": url, "table": "events", "create_table": true}))
+                .unwrap();
+        let mut ctx = crate::test_support::build_ctx();
+        ctx.outbound = sluice_outbound::Outbound::allowing_private();
+        let d = build(&spec, &ctx, "_sluice_id").ok().unwrap();
+        d.healthcheck().await.unwrap();
+        let part = OutputPart {
+            tenant_id: uuid::Uuid::from_u128(1),
+            pipeline_id: uuid::Uuid::from_u128(2),
+            batch_id: uuid::Uuid::from_u128(3),
+            part: 0,
+            record_count: 1,
+            ndjson: bytes::Bytes::from_static(b"{\"_sluice_id\":\"b:0:0\",\"a\":1}\n"),
+        };
+        d.write(&part).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], "SELECT version()");
+        assert!(
+            seen[1].starts_with("CREATE TABLE IF NOT EXISTS `default`.`events`"),
+            "{seen:?}"
+        );
+        assert!(seen[2].starts_with("SELECT `id`, `data` FROM"), "{seen:?}");
+        assert!(
+            seen[3].starts_with(
+                "INSERT INTO `default`.`events` (`id`, `data`) FORMAT JSONEachRow {\"data\":"
+            ),
+            "{seen:?}"
+        );
     }
 
     #[test]
