@@ -83,6 +83,13 @@ impl std::fmt::Debug for BuildContext {
 pub(crate) trait Stage: Processor {
     /// Called on the processing thread at the start of every part.
     fn begin_part(&self) {}
+
+    /// The engine of a `redact` processor. A pipeline whose only
+    /// processor is `redact` redacts each line from its bytes, without
+    /// building a `Value` (see [`sluice_pii::Redactor::redact_json_line`]).
+    fn redactor(&self) -> Option<&sluice_pii::Redactor> {
+        None
+    }
 }
 
 /// Parse and completely validate a pipeline document without I/O: the
@@ -297,7 +304,10 @@ impl CompiledPipeline {
     /// skipped (they still take their index, so that indexes are line
     /// numbers). Each record runs through every processor in order; every
     /// output record gets `id_field` = `{batch_id}:{index}:{n}` with `n` its
-    /// position among the outputs of that input record.
+    /// position among the outputs of that input record. Records are written
+    /// as serde_json writes a `Value` (keys sorted), except in a pipeline
+    /// whose only processor is `redact`: there a record keeps its members'
+    /// order and spelling, and the id is its last member.
     pub fn process_part(&self, batch_id: Uuid, first_index: u64, ndjson: &[u8]) -> PartOutput {
         for p in &self.processors {
             p.begin_part();
@@ -308,6 +318,10 @@ impl CompiledPipeline {
         };
         let mut current: Vec<Value> = Vec::with_capacity(4);
         let mut next: Vec<Value> = Vec::with_capacity(4);
+        let raw_redactor = match self.processors.as_slice() {
+            [only] => only.redactor(),
+            _ => None,
+        };
         let mut index = first_index;
         let mut rest = ndjson;
         while !rest.is_empty() {
@@ -322,6 +336,17 @@ impl CompiledPipeline {
                 continue;
             }
             out.records_in += 1;
+            if let Some(redactor) = raw_redactor {
+                // Redact-only: the line's own bytes, redacted, plus the id.
+                // Lines it cannot take (invalid ones among them) go the
+                // `Value` way below, which reports the errors.
+                let id = record_id(&batch_id, record_index, 0);
+                if redactor.redact_json_line(line, Some((&self.id_field, &id)), &mut out.ndjson) {
+                    out.ndjson.push(b'\n');
+                    out.records_out += 1;
+                    continue;
+                }
+            }
             let ctx = RecordContext {
                 tenant_id: self.tenant_id,
                 pipeline_id: self.pipeline_id,

@@ -178,7 +178,7 @@ impl FieldRules {
 }
 
 /// Per-call scratch state of a record walk.
-struct Work {
+pub(crate) struct Work {
     path: Vec<String>,
     norm: String,
     parent_norm: String,
@@ -186,7 +186,7 @@ struct Work {
 }
 
 /// What happens to one string value.
-enum Outcome {
+pub(crate) enum Outcome {
     Keep,
     Replace(String),
     Remove,
@@ -199,7 +199,7 @@ pub struct Redactor {
     persons: Option<PersonFinder>,
     field_rules: FieldRules,
     user_fields: FastMap<String, UserField>,
-    resolved: Resolved,
+    pub(crate) resolved: Resolved,
     placeholders: FastSet<String>,
     sibling_name_keys: Vec<String>,
     /// Field names (exact, and suffixes starting with '_') whose values
@@ -317,12 +317,7 @@ impl Redactor {
         if self.resolved.skip.iter().any(Vec::is_empty) {
             return;
         }
-        let mut w = Work {
-            path: Vec::new(),
-            norm: String::new(),
-            parent_norm: String::new(),
-            cache: self.scanner.get_cache(),
-        };
+        let mut w = self.work();
         if self.resolved.only.is_empty() {
             self.walk(record, None, None, &mut w);
         } else {
@@ -330,7 +325,26 @@ impl Redactor {
                 self.walk_at(record, tokens, &mut w);
             }
         }
+        self.end_work(w);
+    }
+
+    /// Scratch state for one record; give it back with [`Self::end_work`].
+    pub(crate) fn work(&self) -> Work {
+        Work {
+            path: Vec::new(),
+            norm: String::new(),
+            parent_norm: String::new(),
+            cache: self.scanner.get_cache(),
+        }
+    }
+
+    pub(crate) fn end_work(&self, w: Work) {
         self.scanner.put_cache(w.cache);
+    }
+
+    /// The keys whose string value names a sibling `value` field.
+    pub(crate) fn sibling_name_keys(&self) -> &[String] {
+        &self.sibling_name_keys
     }
 
     /// Walks the value at `tokens` (an `only` pointer), with the field
@@ -482,7 +496,9 @@ impl Redactor {
             })
     }
 
-    fn redact_field(
+    /// What happens to the string value `s` of field `key` in an object
+    /// held under `parent`.
+    pub(crate) fn redact_field(
         &self,
         s: &str,
         key: Option<&str>,

@@ -22,6 +22,7 @@
 mod config;
 mod engine;
 mod names;
+mod raw;
 mod rules;
 mod scan;
 mod types;

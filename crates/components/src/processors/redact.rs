@@ -50,7 +50,11 @@ impl Processor for RedactProcessor {
     }
 }
 
-impl Stage for RedactProcessor {}
+impl Stage for RedactProcessor {
+    fn redactor(&self) -> Option<&Redactor> {
+        Some(&self.redactor)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -99,6 +103,55 @@ mod tests {
         assert_eq!(run(&a), run(&a), "stable for one tenant");
         assert_ne!(run(&a), run(&b), "different across tenants");
         assert!(!run(&a)["m"].as_str().unwrap().contains("ada@"));
+    }
+
+    #[test]
+    fn redact_only_pipelines_redact_lines_from_their_bytes() {
+        let spec =
+            crate::validate_pipeline(&json!({"name": "t", "processors": [{"type": "redact"}]}))
+                .unwrap();
+        let p = crate::build_pipeline(&spec, &build_ctx()).unwrap();
+        let batch = uuid::Uuid::from_u128(9);
+        let input = concat!(
+            "{\"z\":\"mail ada@example.com\", \"a\":1.50}\n",
+            "{\"_sluice_id\":\"forged\",\"m\":\"ada@example.com\"}\n",
+            "nope\n",
+            "[1]\n",
+            "\n",
+            "{\"b\":1,\"a\":\"x\",\"a\":\"ada@example.com\"}"
+        );
+        let out = p.process_part(batch, 0, input.as_bytes());
+        let text = String::from_utf8(out.ndjson).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Members keep their order and spelling; the id comes last.
+        assert_eq!(
+            lines[0],
+            format!("{{\"z\":\"mail [EMAIL]\", \"a\":1.50,\"_sluice_id\":\"{batch}:0:0\"}}")
+        );
+        // A record that already has the id field, or a duplicate key, takes
+        // the `Value` path: the id is overwritten, the last duplicate wins.
+        assert_eq!(
+            lines[1],
+            format!("{{\"_sluice_id\":\"{batch}:1:0\",\"m\":\"[EMAIL]\"}}")
+        );
+        assert_eq!(
+            lines[2],
+            format!("{{\"_sluice_id\":\"{batch}:5:0\",\"a\":\"[EMAIL]\",\"b\":1}}")
+        );
+        assert_eq!(lines.len(), 3);
+        assert_eq!((out.records_in, out.records_out), (5, 3));
+        let failures: Vec<(u64, &str, sluice_core::ErrorCode)> = out
+            .failures
+            .iter()
+            .map(|f| (f.record_index, f.processor_type.as_str(), f.code))
+            .collect();
+        assert_eq!(
+            failures,
+            [
+                (2, "input", sluice_core::ErrorCode::MalformedBody),
+                (3, "input", sluice_core::ErrorCode::RecordNotObject)
+            ]
+        );
     }
 
     #[test]
