@@ -105,7 +105,7 @@ impl ConfigProblem {
 }
 
 /// A field rule from the config, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct UserField {
     pub kind: PiiType,
     pub action: Option<Action>,

@@ -11,7 +11,7 @@
 //! and replaced in the original encoding.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use hmac::{Hmac, Mac};
 use regex_automata::meta::Regex;
@@ -147,6 +147,29 @@ impl FieldRules {
         Ok(out)
     }
 
+    /// What [`FieldRules::lookup`] answers for `key` (normalized), as far
+    /// as it can be told without the parent.
+    fn rule_ref(&self, key: &str) -> RuleRef {
+        if self.except.contains(key) {
+            return RuleRef::None;
+        }
+        if let Some(ids) = self.exact.get(key) {
+            return match ids.first() {
+                Some(id) if self.rules[*id].parents.is_empty() => RuleRef::Rule(*id),
+                Some(_) => RuleRef::ByParent,
+                None => RuleRef::None,
+            };
+        }
+        match self.lookup(key, None) {
+            Some(rule) => self
+                .rules
+                .iter()
+                .position(|r| std::ptr::eq(r, rule))
+                .map_or(RuleRef::None, RuleRef::Rule),
+            None => RuleRef::None,
+        }
+    }
+
     /// The rule for a normalized field name inside an object held under
     /// `parent` (normalized), if any.
     fn lookup(&self, key: &str, parent: Option<&str>) -> Option<&FieldRule> {
@@ -177,12 +200,41 @@ impl FieldRules {
     }
 }
 
-/// Per-call scratch state of a record walk.
+/// The field rule a key gets, as far as the key alone decides it.
+#[derive(Debug, Clone, Copy)]
+enum RuleRef {
+    None,
+    /// Index into [`FieldRules::rules`].
+    Rule(usize),
+    /// Depends on the parent's name: looked up per value.
+    ByParent,
+}
+
+/// What a field name means for its string values, cached per name.
+#[derive(Debug, Clone, Copy)]
+struct KeyInfo {
+    /// Types its values ignore ([`Redactor::exempt_mask`]).
+    exempt: u32,
+    /// A field rule from the config.
+    user: Option<UserField>,
+    /// A field rule from the rules file (enabled types only).
+    rule: RuleRef,
+}
+
+/// Field names remembered per [`Work`]; past this many the cache starts
+/// over, so names that never repeat cannot grow it without bound.
+const KEY_CACHE_ENTRIES: usize = 4096;
+/// Longer field names are not cached.
+const KEY_CACHE_NAME_BYTES: usize = 64;
+
+/// Scratch state of a record walk: the detectors' caches and what field
+/// names mean. Pooled by the [`Redactor`], so it outlives one record.
 pub(crate) struct Work {
     path: Vec<String>,
     norm: String,
     parent_norm: String,
     cache: ScanCache,
+    keys: FastMap<Box<str>, KeyInfo>,
 }
 
 /// What happens to one string value.
@@ -210,6 +262,8 @@ pub struct Redactor {
     /// Set only when the built-in rules failed to load: every string is
     /// replaced, so a broken build fails closed instead of leaking.
     fail_closed: bool,
+    /// Scratch states not in use, one per thread that redacted at once.
+    pool: Mutex<Vec<Work>>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -276,6 +330,7 @@ impl Redactor {
             exempt_suffixes,
             key: hash_key.to_vec(),
             fail_closed: false,
+            pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -307,6 +362,7 @@ impl Redactor {
             exempt_suffixes: FastMap::default(),
             key: DEFAULT_KEY.to_vec(),
             fail_closed: true,
+            pool: Mutex::new(Vec::new()),
         }
     }
 
@@ -328,18 +384,58 @@ impl Redactor {
         self.end_work(w);
     }
 
-    /// Scratch state for one record; give it back with [`Self::end_work`].
+    /// Scratch state for one record, from the pool; give it back with
+    /// [`Self::end_work`].
     pub(crate) fn work(&self) -> Work {
-        Work {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        pooled.unwrap_or_else(|| Work {
             path: Vec::new(),
             norm: String::new(),
             parent_norm: String::new(),
-            cache: self.scanner.get_cache(),
-        }
+            cache: self.scanner.create_cache(),
+            keys: FastMap::default(),
+        })
     }
 
     pub(crate) fn end_work(&self, w: Work) {
-        self.scanner.put_cache(w.cache);
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < 64
+        {
+            p.push(w);
+        }
+    }
+
+    /// What field name `k` means for its values, from `w`'s cache.
+    fn key_info(&self, k: &str, w: &mut Work) -> KeyInfo {
+        if let Some(info) = w.keys.get(k) {
+            return *info;
+        }
+        normalize_field(k, &mut w.norm);
+        let norm = w.norm.as_str();
+        let rule = if self.resolved.field_names {
+            match self.field_rules.rule_ref(norm) {
+                RuleRef::Rule(id)
+                    if !self.resolved.enabled[self.field_rules.rules[id].kind.index()] =>
+                {
+                    RuleRef::None
+                }
+                r => r,
+            }
+        } else {
+            RuleRef::None
+        };
+        let info = KeyInfo {
+            exempt: self.exempt_mask(norm),
+            user: self.user_fields.get(norm).copied(),
+            rule,
+        };
+        if k.len() <= KEY_CACHE_NAME_BYTES {
+            if w.keys.len() >= KEY_CACHE_ENTRIES {
+                w.keys.clear();
+            }
+            w.keys.insert(k.into(), info);
+        }
+        info
     }
 
     /// The keys whose string value names a sibling `value` field.
@@ -411,9 +507,9 @@ impl Redactor {
                 Cow::Owned("[REDACTED]".into())
             };
         }
-        let mut cache = self.scanner.get_cache();
-        let out = self.redact_free(text, 0, &mut cache);
-        self.scanner.put_cache(cache);
+        let mut w = self.work();
+        let out = self.redact_free(text, 0, &mut w.cache);
+        self.end_work(w);
         match out {
             Some(s) => Cow::Owned(s),
             None => Cow::Borrowed(text),
@@ -513,9 +609,9 @@ impl Redactor {
         }
         let mut exempt = 0;
         if let Some(k) = key {
-            normalize_field(k, &mut w.norm);
-            exempt = self.exempt_mask(&w.norm);
-            if let Some(rule) = self.user_fields.get(w.norm.as_str()) {
+            let info = self.key_info(k, w);
+            exempt = info.exempt;
+            if let Some(rule) = info.user {
                 if self.is_placeholder(s) {
                     return Outcome::Keep;
                 }
@@ -524,17 +620,24 @@ impl Redactor {
                     .unwrap_or(self.resolved.actions[rule.kind.index()]);
                 return self.whole(s, rule.kind, action, 0);
             }
-            if self.resolved.field_names {
-                let p = parent.map(|p| {
-                    normalize_field(p, &mut w.parent_norm);
-                    w.parent_norm.as_str()
-                });
-                if let Some(rule) = self.field_rules.lookup(&w.norm, p)
-                    && self.resolved.enabled[rule.kind.index()]
-                    && let Some(outcome) = self.apply_field_rule(s, rule, &mut w.cache)
-                {
-                    return outcome;
+            let rule = match info.rule {
+                RuleRef::None => None,
+                RuleRef::Rule(id) => self.field_rules.rules.get(id),
+                RuleRef::ByParent => {
+                    normalize_field(k, &mut w.norm);
+                    let p = parent.map(|p| {
+                        normalize_field(p, &mut w.parent_norm);
+                        w.parent_norm.as_str()
+                    });
+                    self.field_rules
+                        .lookup(&w.norm, p)
+                        .filter(|rule| self.resolved.enabled[rule.kind.index()])
                 }
+            };
+            if let Some(rule) = rule
+                && let Some(outcome) = self.apply_field_rule(s, rule, &mut w.cache)
+            {
+                return outcome;
             }
         }
         match self.redact_free(s, exempt, &mut w.cache) {
@@ -1130,6 +1233,55 @@ mod tests {
         ] {
             assert!(!trivially_clean(maybe.as_bytes()), "{maybe}");
         }
+    }
+
+    /// The per-name cache answers what the uncached lookups answer, for
+    /// every name of the rules file under every parent they mention.
+    #[test]
+    fn cached_key_decisions_match_the_lookups() {
+        let r = redactor(json!({"fields": {"customerRef": {"type": "PERSON"}}}));
+        let mut names: Vec<String> = r.field_rules.exact.keys().cloned().collect();
+        names.extend(r.field_rules.suffixes.keys().map(|s| format!("x{s}")));
+        names.extend(r.field_rules.prefixes.keys().map(|p| format!("{p}x")));
+        names.extend(["customerRef", "Billing.Name", "nothing_here"].map(String::from));
+        let mut parents: Vec<Option<String>> = vec![None, Some("unrelated".into())];
+        for rule in &r.field_rules.rules {
+            parents.extend(rule.parents.iter().map(|p| Some(p.clone())));
+        }
+        let mut w = r.work();
+        for name in &names {
+            let mut norm = String::new();
+            normalize_field(name, &mut norm);
+            for parent in &parents {
+                let p = parent.as_deref();
+                let want = r
+                    .field_rules
+                    .lookup(&norm, p)
+                    .filter(|rule| r.resolved.enabled[rule.kind.index()])
+                    .map(|rule| (rule.kind, rule.check));
+                let info = r.key_info(name, &mut w);
+                let got = match info.rule {
+                    RuleRef::None => None,
+                    RuleRef::Rule(id) => r.field_rules.rules.get(id),
+                    RuleRef::ByParent => r.field_rules.lookup(&norm, p),
+                }
+                .map(|rule| (rule.kind, rule.check));
+                assert_eq!(got, want, "{name} under {p:?}");
+                assert_eq!(info.exempt, r.exempt_mask(&norm), "{name}");
+                assert_eq!(
+                    info.user.map(|u| u.kind),
+                    r.user_fields.get(norm.as_str()).map(|u| u.kind),
+                    "{name}"
+                );
+            }
+        }
+        assert!(w.keys.contains_key("customerRef"));
+        // Names that never repeat do not grow the cache without bound.
+        for i in 0..(2 * KEY_CACHE_ENTRIES) {
+            r.key_info(&format!("k{i}"), &mut w);
+        }
+        assert!(w.keys.len() <= KEY_CACHE_ENTRIES);
+        r.end_work(w);
     }
 
     #[test]

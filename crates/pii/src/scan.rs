@@ -12,7 +12,6 @@
 //! hides a real match that starts inside it.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use aho_corasick::AhoCorasick;
 use regex_automata::hybrid;
@@ -97,7 +96,7 @@ struct Group {
     fallback: Regex,
 }
 
-/// Lazy DFA caches for every group; one per thread at a time, pooled.
+/// Lazy DFA caches for every group; one per thread at a time.
 pub(crate) struct ScanCache {
     groups: Vec<hybrid::regex::Cache>,
     contexts: Vec<hybrid::regex::Cache>,
@@ -121,7 +120,6 @@ pub(crate) struct Scanner {
     literals: Option<AhoCorasick>,
     /// Feature bit of each literal of `literals`.
     literal_bits: Vec<u64>,
-    pool: Mutex<Vec<ScanCache>>,
 }
 
 /// How far back the context patterns look.
@@ -255,7 +253,6 @@ impl Scanner {
             groups: Vec::new(),
             literals: None,
             literal_bits: Vec::new(),
-            pool: Mutex::new(Vec::new()),
         }
     }
 
@@ -421,15 +418,12 @@ impl Scanner {
             groups,
             literals,
             literal_bits,
-            pool: Mutex::new(Vec::new()),
         })
     }
 
-    /// Takes a cache from the pool (or makes one); give it back with
-    /// [`Scanner::put_cache`].
-    pub(crate) fn get_cache(&self) -> ScanCache {
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        pooled.unwrap_or_else(|| ScanCache {
+    /// A fresh set of caches for [`Scanner::scan`].
+    pub(crate) fn create_cache(&self) -> ScanCache {
+        ScanCache {
             groups: self.groups.iter().map(|g| g.dfa.create_cache()).collect(),
             contexts: self.contexts.iter().map(|c| c.dfa.create_cache()).collect(),
             captures: self
@@ -442,14 +436,6 @@ impl Scanner {
                 })
                 .collect(),
             candidates: Vec::new(),
-        })
-    }
-
-    pub(crate) fn put_cache(&self, cache: ScanCache) {
-        if let Ok(mut p) = self.pool.lock()
-            && p.len() < 64
-        {
-            p.push(cache);
         }
     }
 
@@ -730,9 +716,8 @@ mod tests {
 
     fn found(s: &Scanner, text: &str) -> Vec<(PiiType, String)> {
         let mut out = Vec::new();
-        let mut cache = s.get_cache();
+        let mut cache = s.create_cache();
         s.scan(text.as_bytes(), &mut cache, &mut out);
-        s.put_cache(cache);
         out.iter()
             .map(|sp| (sp.kind, text[sp.start..sp.end].to_string()))
             .collect()
