@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod destination_health;
 pub mod error;
 pub mod extract;
 pub mod headers;
@@ -112,6 +113,7 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<AppState> {
         workers_running: AtomicBool::new(false),
         batch_notify: tokio::sync::Notify::new(),
         outbound,
+        destination_health: Default::default(),
     }))
 }
 
@@ -172,6 +174,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks.push(tokio::spawn(worker::run(s, h)));
         tasks.push(tokio::spawn(retention::run(state.clone())));
     }
+    // Every active pipeline's destination is checked once at start, in
+    // the background (docs/delivery.md, health checks).
+    destination_health::refresh_if_stale(&state);
     // The port is logged on its own: the log redactor masks IP addresses.
     tracing::info!(addr = %addr, port = addr.port(), role = ?role, tls = tls.is_some(), version = env!("CARGO_PKG_VERSION"), "listening");
     Ok(RunningServer {

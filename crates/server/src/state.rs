@@ -33,6 +33,8 @@ pub struct Inner {
     pub rate_limits: crate::ratelimit::RateLimits,
     /// Client addresses locked out after failed authentications.
     pub lockout: crate::lockout::Lockout,
+    /// The last health check of each pipeline's destination.
+    pub destination_health: crate::destination_health::DestinationHealth,
 }
 
 impl AppState {
@@ -82,6 +84,10 @@ impl AppState {
 
     pub fn lockout(&self) -> &crate::lockout::Lockout {
         &self.0.lockout
+    }
+
+    pub fn destination_health(&self) -> &crate::destination_health::DestinationHealth {
+        &self.0.destination_health
     }
 
     pub fn workers_running(&self) -> bool {

@@ -14,7 +14,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready: the database and payload storage answer, and (in processes
 /// that run them) the workers are running.
+///
+/// The body also reports the health of every active pipeline's
+/// destination (`destinations`), from the results this process has; when
+/// they are older than a few seconds a new round of checks starts in the
+/// background. Destination health never makes the process unready: one
+/// tenant's unreachable target says nothing about whether this process can
+/// accept and process work.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    crate::destination_health::refresh_if_stale(&state);
     let database = state.store().ping().await;
     let storage = state.payloads().healthcheck().await;
     let workers_ok = !state.config().role.runs_workers() || state.workers_running();
@@ -33,7 +41,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "storage": if storage.is_ok() { "ok" } else { "unavailable" },
             "workers": if workers_ok { "ok" } else { "not_running" },
             "shutting_down": shutting_down,
-        }
+        },
+        "destinations": state.destination_health().readyz_summary(),
     });
     let status = if ready {
         StatusCode::OK

@@ -3,6 +3,7 @@
 
 use crate::audit;
 use crate::auth::Principal;
+use crate::destination_health;
 use crate::error::{ApiError, ApiResult, Envelope};
 use crate::extract::{
     AppPath, AppQuery, JsonValue, decode_int_cursor, decode_uuid_cursor, encode_cursor, page_limit,
@@ -53,6 +54,12 @@ pub struct DeliveryView {
     pub breakers: Vec<BreakerView>,
     /// Retries of outbound calls since the process started.
     pub retries_total: u64,
+    /// The last health check of the destination in this process (run on
+    /// create, update, start, process start and `/readyz` rounds); null
+    /// until the first one has finished. A failing check does not stop
+    /// the pipeline: batches wait and are retried.
+    #[schema(required = true)]
+    pub health: Option<crate::destination_health::HealthView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,6 +98,7 @@ pub fn delivery_of(pipeline_id: Uuid) -> DeliveryView {
     DeliveryView {
         retries_total: breakers.iter().map(|b| b.retries_total).sum(),
         breakers,
+        health: None,
     }
 }
 
@@ -287,6 +295,9 @@ pub async fn create(
         json!({"version": pipeline.version}),
     )
     .await;
+    // Is the target reachable? Checked in the background: a target that
+    // is down does not reject the pipeline (see `delivery.health`).
+    destination_health::spawn_check(&state, pipeline.clone());
     Ok(Envelope::created(PipelineView::from_row(
         state.keyring(),
         pipeline,
@@ -340,8 +351,19 @@ pub async fn get(
         .pipeline_stats(principal.tenant_id, pipeline.id)
         .await?;
     let id = pipeline.id;
+    let health = state.destination_health().get(id);
+    // Not checked by this process yet, or for an older version (the
+    // update was made through another process): check in the background.
+    if health
+        .as_ref()
+        .is_none_or(|h| h.version != pipeline.version)
+    {
+        destination_health::spawn_check(&state, pipeline.clone());
+    }
     let mut view = PipelineView::from_row(state.keyring(), pipeline, Some(metrics_of(stats)));
-    view.delivery = Some(delivery_of(id));
+    let mut delivery = delivery_of(id);
+    delivery.health = health;
+    view.delivery = Some(delivery);
     Ok(Envelope::ok(view))
 }
 
@@ -395,6 +417,7 @@ pub async fn update(
         json!({"version": pipeline.version}),
     )
     .await;
+    destination_health::spawn_check(&state, pipeline.clone());
     Ok(Envelope::ok(PipelineView::from_row(
         state.keyring(),
         pipeline,
@@ -465,7 +488,10 @@ async fn set_status(
         .await
         .map_err(|e| not_found_as_pipeline(e, path.pipeline_id))?;
     let action = match status {
-        PipelineStatus::Active => "pipeline.start",
+        PipelineStatus::Active => {
+            destination_health::spawn_check(&state, pipeline.clone());
+            "pipeline.start"
+        }
         PipelineStatus::Paused => "pipeline.stop",
     };
     audit::record(
@@ -499,6 +525,7 @@ pub async fn delete(
         .delete_pipeline(principal.tenant_id, path.pipeline_id)
         .await
         .map_err(|e| not_found_as_pipeline(e, path.pipeline_id))?;
+    state.destination_health().forget(path.pipeline_id);
     for key in keys {
         if let Err(error) = state.payloads().delete(&key).await {
             tracing::warn!(%error, pipeline_id = %path.pipeline_id, "deleting a payload failed");
