@@ -90,6 +90,30 @@ pub(crate) trait Stage: Processor {
     fn redactor(&self) -> Option<&sluice_pii::Redactor> {
         None
     }
+
+    /// Whether this stage takes the records of a part together
+    /// ([`Stage::process_many`]), e.g. an `enrich_http` provider that is
+    /// sent chunks of records. A pipeline with such a stage runs its
+    /// processors stage by stage over the whole part.
+    fn chunked(&self) -> bool {
+        false
+    }
+
+    /// Process the records of a part that reached this stage, in their
+    /// order: one result per record (what it emits, or why it failed).
+    /// Called instead of `process` when [`Stage::chunked`].
+    fn process_many(
+        &self,
+        records: Vec<(Value, RecordContext<'_>)>,
+    ) -> Vec<Result<Vec<Value>, sluice_core::ProcessError>> {
+        records
+            .into_iter()
+            .map(|(record, ctx)| {
+                let mut out = Vec::new();
+                self.process(record, &ctx, &mut out).map(|()| out)
+            })
+            .collect()
+    }
 }
 
 /// Parse and completely validate a pipeline document without I/O: the
@@ -273,6 +297,10 @@ pub struct RecordFailure {
     pub record: Value,
 }
 
+/// A record on its way through [`CompiledPipeline::process_part_staged`]:
+/// its index, its line, and its outputs so far or why it failed.
+type StagedRecord<'a> = (u64, &'a [u8], Result<Vec<Value>, Failed>);
+
 /// Why one record failed, before its capture is made.
 struct Failed {
     processor_index: usize,
@@ -308,7 +336,15 @@ impl CompiledPipeline {
     /// as serde_json writes a `Value` (keys sorted), except in a pipeline
     /// whose only processor is `redact`: there a record keeps its members'
     /// order and spelling, and the id is its last member.
+    ///
+    /// A pipeline with a chunked stage (an `enrich_http` provider in chunk
+    /// mode) runs every record of the part through one processor after the
+    /// other instead ([`CompiledPipeline::process_part_staged`]); the
+    /// outputs, ids and failures are the same.
     pub fn process_part(&self, batch_id: Uuid, first_index: u64, ndjson: &[u8]) -> PartOutput {
+        if self.processors.iter().any(|p| p.chunked()) {
+            return self.process_part_staged(batch_id, first_index, ndjson);
+        }
         for p in &self.processors {
             p.begin_part();
         }
@@ -373,15 +409,141 @@ impl CompiledPipeline {
         out
     }
 
-    /// Parse one line and run it through every processor; the outputs are
-    /// left in `current`.
-    fn run_record(
-        &self,
-        line: &[u8],
-        ctx: &RecordContext<'_>,
-        current: &mut Vec<Value>,
-        next: &mut Vec<Value>,
-    ) -> Result<(), Failed> {
+    /// [`CompiledPipeline::process_part`] stage by stage: every record of
+    /// the part goes through the first processor, then every output
+    /// through the second, and so on, so that a chunked stage gets all of
+    /// them at once. Each processor still sees the records in their order.
+    fn process_part_staged(&self, batch_id: Uuid, first_index: u64, ndjson: &[u8]) -> PartOutput {
+        for p in &self.processors {
+            p.begin_part();
+        }
+        let mut out = PartOutput {
+            ndjson: Vec::with_capacity(ndjson.len() + ndjson.len() / 4),
+            ..PartOutput::default()
+        };
+        // Every record: its index, its line, and its outputs so far or why
+        // it failed.
+        let mut items: Vec<StagedRecord<'_>> = Vec::new();
+        let mut index = first_index;
+        let mut rest = ndjson;
+        while !rest.is_empty() {
+            let (line, after) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = after;
+            let record_index = index;
+            index += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.records_in += 1;
+            items.push((
+                record_index,
+                line,
+                Self::parse_record(line).map(|r| vec![r]),
+            ));
+        }
+        let ctx_of = |record_index: u64| RecordContext {
+            tenant_id: self.tenant_id,
+            pipeline_id: self.pipeline_id,
+            pipeline_name: &self.pipeline_name,
+            config_version: self.config_version,
+            batch_id,
+            record_index,
+        };
+        let mut next = Vec::with_capacity(4);
+        for (i, p) in self.processors.iter().enumerate() {
+            let fail = |code: ErrorCode, message: String| Failed {
+                processor_index: i,
+                processor_type: self.type_names[i],
+                code,
+                message,
+            };
+            if p.chunked() {
+                let mut owners = Vec::new();
+                let mut inputs = Vec::new();
+                for (k, (record_index, _, state)) in items.iter_mut().enumerate() {
+                    if let Ok(values) = state {
+                        for v in values.drain(..) {
+                            owners.push(k);
+                            inputs.push((v, ctx_of(*record_index)));
+                        }
+                    }
+                }
+                let mut results = p.process_many(inputs).into_iter();
+                for k in owners {
+                    let result = results.next();
+                    let state = &mut items[k].2;
+                    let Ok(values) = state else {
+                        // An earlier output of the same record failed.
+                        continue;
+                    };
+                    match result {
+                        Some(Ok(emitted)) => values.extend(emitted),
+                        Some(Err(e)) => *state = Err(fail(e.code, e.message)),
+                        None => {
+                            *state = Err(fail(
+                                ErrorCode::InternalError,
+                                "the processor gave no result for the record".to_owned(),
+                            ))
+                        }
+                    }
+                }
+            } else {
+                for (record_index, _, state) in items.iter_mut() {
+                    let Ok(values) = state else {
+                        continue;
+                    };
+                    if values.is_empty() {
+                        continue;
+                    }
+                    let ctx = ctx_of(*record_index);
+                    next.clear();
+                    let mut error = None;
+                    for r in values.drain(..) {
+                        if let Err(e) = p.process(r, &ctx, &mut next) {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                    match error {
+                        Some(e) => *state = Err(fail(e.code, e.message)),
+                        None => std::mem::swap(values, &mut next),
+                    }
+                }
+            }
+            for (_, _, state) in items.iter_mut() {
+                if let Ok(values) = state
+                    && values.iter().any(|r| !r.is_object())
+                {
+                    *state = Err(fail(
+                        ErrorCode::RecordNotObject,
+                        "the processor emitted a value that is not a JSON object".to_owned(),
+                    ));
+                }
+            }
+        }
+        for (record_index, line, state) in items {
+            let ctx = ctx_of(record_index);
+            let result =
+                state.and_then(|mut values| self.write_outputs(&mut values, &ctx, &mut out));
+            if let Err(failed) = result {
+                out.failures.push(RecordFailure {
+                    record_index,
+                    processor_index: failed.processor_index,
+                    processor_type: failed.processor_type.to_owned(),
+                    code: failed.code,
+                    message: failed.message,
+                    record: captured_record(line),
+                });
+            }
+        }
+        out
+    }
+
+    /// Parse one line into a record (a JSON object).
+    fn parse_record(line: &[u8]) -> Result<Value, Failed> {
         let input_error = |code, message: String| Failed {
             processor_index: 0,
             processor_type: "input",
@@ -404,6 +566,19 @@ impl CompiledPipeline {
                 "a record must be a JSON object".to_owned(),
             ));
         }
+        Ok(record)
+    }
+
+    /// Parse one line and run it through every processor; the outputs are
+    /// left in `current`.
+    fn run_record(
+        &self,
+        line: &[u8],
+        ctx: &RecordContext<'_>,
+        current: &mut Vec<Value>,
+        next: &mut Vec<Value>,
+    ) -> Result<(), Failed> {
+        let record = Self::parse_record(line)?;
         current.clear();
         current.push(record);
         for (i, p) in self.processors.iter().enumerate() {

@@ -400,3 +400,198 @@ fn invalid_provider_configs_are_located() {
         "{paths:?}"
     );
 }
+
+/// A provider that takes arrays: `POST /batch` answers one result per
+/// item, `/batch-short` one too few, `/batch-wrapped` the results under
+/// `/results`; an item whose `ip` starts with `bad` gets a result without
+/// a country. Records every request's item count.
+async fn batch_provider() -> (SocketAddr, Arc<Mutex<Vec<(String, usize)>>>) {
+    type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+    let seen: Seen = Arc::default();
+    let answer = |items: &[Value]| -> Vec<Value> {
+        items
+            .iter()
+            .map(|item| {
+                let ip = item["ip"].as_str().unwrap_or_default();
+                if ip.starts_with("bad") {
+                    json!({"city": "nowhere"})
+                } else {
+                    json!({"country": format!("C-{ip}"), "echo": item})
+                }
+            })
+            .collect()
+    };
+    let app = Router::new()
+        .route(
+            "/batch",
+            post(
+                move |State(seen): State<Seen>, Json(body): Json<Vec<Value>>| async move {
+                    seen.lock().unwrap().push(("batch".into(), body.len()));
+                    Json(Value::Array(answer(&body)))
+                },
+            ),
+        )
+        .route(
+            "/batch-short",
+            post(
+                move |State(seen): State<Seen>, Json(body): Json<Vec<Value>>| async move {
+                    seen.lock().unwrap().push(("short".into(), body.len()));
+                    let mut out = answer(&body);
+                    out.pop();
+                    Json(Value::Array(out))
+                },
+            ),
+        )
+        .route(
+            "/batch-wrapped",
+            post(
+                move |State(seen): State<Seen>, Json(body): Json<Vec<Value>>| async move {
+                    seen.lock().unwrap().push(("wrapped".into(), body.len()));
+                    Json(json!({"results": answer(&body)}))
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+fn ips(n: usize, prefix: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"ip": format!("{prefix}{i}"), "n": i}))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_mode_sends_arrays_and_merges_each_result_into_its_record() {
+    let (addr, seen) = batch_provider().await;
+    let pipeline = build(
+        json!({"name": "e", "processors": [
+            {"type": "map", "ops": [{"op": "add", "path": "/before", "value": true}]},
+            {"type": "enrich_http", "target": "/geo", "schema": geo_schema(),
+             "providers": [{"name": "bulk", "url": format!("http://{addr}/batch"), "allow_http": true,
+                "body": {"ip": "{/ip}"}, "result_pointer": "", "batch": {"max_records": 10}}]},
+            {"type": "map", "ops": [{"op": "add", "path": "/after", "value": true}]}
+        ]}),
+        Outbound::allowing_private(),
+    );
+    let records = ips(25, "10.1.0.");
+    let out = run(&pipeline, &records).await;
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    let recs = outputs(&out);
+    assert_eq!(recs.len(), 25);
+    for (i, r) in recs.iter().enumerate() {
+        // Each result went to its own record, in order, after the
+        // processors before it and before the ones after it.
+        assert_eq!(r["n"], i, "{r}");
+        assert_eq!(r["geo"]["country"], format!("C-10.1.0.{i}"), "{r}");
+        assert_eq!(
+            r["geo"]["echo"],
+            json!({"ip": format!("10.1.0.{i}")}),
+            "{r}"
+        );
+        assert_eq!(r["before"], true);
+        assert_eq!(r["after"], true);
+        assert_eq!(r["_sluice_id"], format!("{}:{i}:0", Uuid::nil()));
+    }
+    let mut sizes: Vec<usize> = seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![5, 10, 10], "three requests of at most 10");
+
+    // Again: every record from the cache, no request.
+    let again = run(&pipeline, &records).await;
+    assert!(again.failures.is_empty());
+    assert_eq!(outputs(&again)[3]["geo"]["country"], "C-10.1.0.3");
+    assert_eq!(seen.lock().unwrap().len(), 3, "served from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_length_or_an_invalid_item_falls_through_the_waterfall() {
+    let (addr, seen) = batch_provider().await;
+    let (geo, hits) = provider("127.0.0.1", None).await;
+    let pipeline = build(
+        json!({"name": "e", "processors": [{"type": "enrich_http", "target": "/geo",
+        "schema": geo_schema(), "cache": {"max_entries": 0},
+        "providers": [
+            {"name": "short", "url": format!("http://{addr}/batch-short"), "allow_http": true,
+             "body": {"ip": "{/ip}"}, "batch": {"max_records": 4}},
+            {"name": "wrapped", "url": format!("http://{addr}/batch-wrapped"), "allow_http": true,
+             "body": {"ip": "{/ip}"}, "batch": {"max_records": 50, "results_pointer": "/results"}},
+            {"name": "single", "url": format!("http://{geo}/geo/{{/ip}}"), "result_pointer": "/data",
+             "allow_http": true}
+        ]}]}),
+        Outbound::allowing_private(),
+    );
+    let mut records = ips(6, "10.2.0.");
+    records[2] = json!({"ip": "bad-2", "n": 2});
+    records[4] = json!({"n": 4});
+    let out = run(&pipeline, &records).await;
+    let recs = outputs(&out);
+    // Record 4 has no `ip`: no provider could be asked.
+    assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+    let f = &out.failures[0];
+    assert_eq!(f.record_index, 4);
+    assert_eq!(f.code.as_str(), "ENRICH_FAILED");
+    for reason in [
+        "short: the record has no `/ip`",
+        "wrapped: the record has no `/ip`",
+        "single: the record has no `/ip`",
+    ] {
+        assert!(f.message.contains(reason), "{}", f.message);
+    }
+    assert_eq!(recs.len(), 5);
+    // The short answers failed every record of their chunk: the wrapped
+    // provider answered them, except the item that did not match the
+    // schema, which the single provider answered.
+    let by_n = |n: u64| recs.iter().find(|r| r["n"] == n).unwrap();
+    for n in [0u64, 1, 3, 5] {
+        assert_eq!(
+            by_n(n)["geo"]["country"],
+            format!("C-10.2.0.{n}"),
+            "{}",
+            by_n(n)
+        );
+    }
+    assert_eq!(by_n(2)["geo"], json!({"country": "NL", "ip": "bad-2"}));
+    let calls = seen.lock().unwrap().clone();
+    let short: Vec<usize> = calls
+        .iter()
+        .filter(|(k, _)| k == "short")
+        .map(|c| c.1)
+        .collect();
+    let wrapped: Vec<usize> = calls
+        .iter()
+        .filter(|(k, _)| k == "wrapped")
+        .map(|c| c.1)
+        .collect();
+    assert_eq!(
+        short.iter().sum::<usize>(),
+        5,
+        "chunks of at most 4: {short:?}"
+    );
+    assert!(short.iter().all(|n| *n <= 4), "{short:?}");
+    assert_eq!(wrapped, vec![5], "one chunk");
+    assert_eq!(hits.get("geo"), 1, "only the invalid item fell through");
+}
+
+#[test]
+fn chunk_mode_configs_are_checked() {
+    let problems = validate_pipeline(&json!({"name": "e", "processors": [{"type": "enrich_http",
+    "target": "/geo", "providers": [
+        {"name": "a", "url": "https://example.com/{/ip}", "body": {"ip": "{/ip}"},
+         "batch": {"max_records": 5000}},
+        {"name": "b", "url": "https://example.com/bulk", "batch": {"max_records": 5,
+         "results_pointer": "/r/{"}}
+    ]}]}))
+    .unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "/processors/0/providers/0/batch/max_records",
+        "/processors/0/providers/0/url",
+        "/processors/0/providers/1/body",
+    ] {
+        assert!(paths.contains(&expected), "{expected}: {paths:?}");
+    }
+}

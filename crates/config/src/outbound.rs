@@ -288,9 +288,15 @@ pub struct ProviderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     /// JSON Pointer of the result inside the response (plain providers;
-    /// default: the whole response).
+    /// default: the whole response). In chunk mode, inside each item of
+    /// the answer's array.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_pointer: Option<String>,
+    /// Chunk mode, for providers that take arrays: one request carries the
+    /// rendered `body` of up to `max_records` records as a JSON array, and
+    /// the answer must be an array of as many results, in the same order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<ProviderBatchSpec>,
     /// Sent as `Authorization: Bearer <api_key>`. Encrypted at rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
@@ -310,6 +316,21 @@ pub struct ProviderSpec {
     #[serde(default)]
     pub breaker: BreakerSpec,
 }
+
+/// Chunk mode of a provider (see [`ProviderSpec::batch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderBatchSpec {
+    /// Most records per request (1 to 1000).
+    pub max_records: usize,
+    /// JSON Pointer of the results array inside the answer (default: the
+    /// answer itself is the array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_pointer: Option<String>,
+}
+
+/// Most records one chunked provider request may carry.
+pub const MAX_BATCH_RECORDS: usize = 1000;
 
 /// Providers sit on the record path: fewer, shorter retries by default,
 /// then the waterfall moves on.
@@ -412,6 +433,34 @@ impl ProviderSpec {
                 if self.method == Some(HttpMethod::Get) && self.body.is_some() {
                     misplaced("body", problems, "a GET request has no body");
                 }
+                if let Some(batch) = &self.batch {
+                    if batch.max_records == 0 || batch.max_records > MAX_BATCH_RECORDS {
+                        misplaced("batch/max_records", problems, "must be 1 to 1000");
+                    }
+                    if let Some(p) = &batch.results_pointer
+                        && !p.is_empty()
+                        && !p.starts_with('/')
+                    {
+                        misplaced("batch/results_pointer", problems, "must be a JSON Pointer");
+                    }
+                    if self.body.is_none() {
+                        misplaced(
+                            "body",
+                            problems,
+                            "required in chunk mode: each record's rendered body is one item of the request's array",
+                        );
+                    }
+                    if self.method == Some(HttpMethod::Get) {
+                        misplaced("method", problems, "chunk mode sends a POST");
+                    }
+                    if self.url.as_deref().is_some_and(|u| u.contains("{/")) {
+                        misplaced(
+                            "url",
+                            problems,
+                            "placeholders are not allowed in chunk mode: one request carries many records",
+                        );
+                    }
+                }
             }
             Some(ProviderPreset::OpenaiChat) => {
                 match &self.base_url {
@@ -435,6 +484,7 @@ impl ProviderSpec {
                     ("body", self.body.is_some()),
                     ("method", self.method.is_some()),
                     ("result_pointer", self.result_pointer.is_some()),
+                    ("batch", self.batch.is_some()),
                 ] {
                     if set {
                         misplaced(field, problems, "not used by `openai_chat`");
@@ -561,6 +611,36 @@ mod tests {
             "chunk_records": 0, "breaker": {"window": 2, "failures": 3}}),
         );
         assert_eq!(bad, vec!["/url", "/chunk_records", "/breaker/failures"]);
+    }
+
+    #[test]
+    fn chunk_mode_needs_a_body_a_fixed_url_and_a_size() {
+        let spec: EnrichHttpSpec = serde_json::from_value(json!({
+            "target": "/geo",
+            "providers": [
+                {"name": "ok", "url": "https://geo.example.com/batch", "body": {"q": "{/ip}"},
+                 "batch": {"max_records": 100, "results_pointer": "/results"}},
+                {"name": "bad", "url": "https://geo.example.com/{/ip}", "method": "GET",
+                 "batch": {"max_records": 0, "results_pointer": "results"}},
+                {"name": "llm", "preset": "openai_chat", "base_url": "https://api.example.com/v1",
+                 "model": "m", "prompt": "p", "batch": {"max_records": 5}}
+            ]
+        }))
+        .unwrap();
+        let mut problems = Vec::new();
+        spec.check("", &mut problems);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/providers/1/batch/max_records",
+                "/providers/1/batch/results_pointer",
+                "/providers/1/body",
+                "/providers/1/method",
+                "/providers/1/url",
+                "/providers/2/batch",
+            ]
+        );
     }
 
     #[test]

@@ -22,6 +22,13 @@
 //! the server allows it. A processor-wide semaphore caps the calls in
 //! flight across all threads processing parts.
 //!
+//! A provider in chunk mode (`batch`) is sent the rendered bodies of up to
+//! `max_records` records as one JSON array and must answer with an array
+//! of as many results, in order; each result is checked and merged into
+//! its own record, and a record whose result fails falls through to the
+//! next provider. Such a processor takes all the records of a part at
+//! once ([`Stage::process_many`]); the pipeline then runs stage by stage.
+//!
 //! Processors are synchronous and run on blocking threads, so the calls
 //! run on `sluice-outbound`'s own small runtime ([`sluice_outbound::block_on`])
 //! while the processing thread waits: nothing async is blocked. Clients and
@@ -84,12 +91,21 @@ enum Kind {
         url: Template,
         body: Option<Value>,
         result: Option<Pointer>,
+        /// Chunk mode: records per request and where the results array is.
+        batch: Option<Chunking>,
     },
     OpenaiChat {
         url: String,
         model: String,
         prompt: Template,
     },
+}
+
+/// Chunk mode of a provider.
+struct Chunking {
+    max_records: usize,
+    /// The results array inside the answer (`None`: the answer itself).
+    results: Option<Pointer>,
 }
 
 /// A string with `{/pointer}` placeholders.
@@ -321,11 +337,23 @@ fn build_provider(p: &ProviderSpec, at: &str) -> Result<Provider, Vec<Problem>> 
             } else {
                 HttpMethod::Get
             });
+            let batch = p.batch.as_ref().map(|b| Chunking {
+                max_records: b.max_records.max(1),
+                results: match b.results_pointer.as_deref() {
+                    None | Some("") => None,
+                    Some(text) => Pointer::parse(text)
+                        .map_err(|e| {
+                            problems.push(Problem::new(format!("{at}/batch/results_pointer"), e))
+                        })
+                        .ok(),
+                },
+            });
             url.map(|url| Kind::Plain {
                 method,
                 url,
                 body: p.body.clone(),
                 result,
+                batch,
             })
         }
         Some(ProviderPreset::OpenaiChat) => {
@@ -356,6 +384,7 @@ fn build_provider(p: &ProviderSpec, at: &str) -> Result<Provider, Vec<Problem>> 
 }
 
 /// One rendered request.
+#[derive(Clone)]
 struct Request {
     method: HttpMethod,
     url: String,
@@ -364,6 +393,13 @@ struct Request {
 }
 
 impl Provider {
+    fn chunking(&self) -> Option<&Chunking> {
+        match &self.kind {
+            Kind::Plain { batch, .. } => batch.as_ref(),
+            Kind::OpenaiChat { .. } => None,
+        }
+    }
+
     fn render(&self, record: &Value) -> Result<Request, String> {
         let (method, url, body) = match &self.kind {
             Kind::Plain {
@@ -524,19 +560,88 @@ impl Inner {
     /// validated result.
     async fn call(&self, index: usize, request: &Request) -> Result<Value, String> {
         let provider = &self.providers[index];
+        let answer = self
+            .send(index, request.method, &request.url, request.body.as_ref())
+            .await?;
+        let result = provider.extract(answer)?;
+        self.check_result(&result)?;
+        Ok(result)
+    }
+
+    /// Call a provider in chunk mode with the requests of several records:
+    /// one request whose body is the array of their bodies. One outcome per
+    /// request, in order: an answer that is not an array of as many
+    /// results fails them all; otherwise each result is extracted and
+    /// checked on its own.
+    async fn call_chunk(&self, index: usize, requests: &[&Request]) -> Vec<Result<Value, String>> {
+        let provider = &self.providers[index];
+        let all = |reason: String| requests.iter().map(|_| Err(reason.clone())).collect();
+        let Some(first) = requests.first() else {
+            return Vec::new();
+        };
+        let Some(chunking) = provider.chunking() else {
+            return all("the provider is not in chunk mode".to_owned());
+        };
+        let body = Value::Array(
+            requests
+                .iter()
+                .map(|r| r.body.clone().unwrap_or(Value::Null))
+                .collect(),
+        );
+        let answer = match self
+            .send(index, HttpMethod::Post, &first.url, Some(&body))
+            .await
+        {
+            Ok(a) => a,
+            Err(reason) => return all(reason),
+        };
+        let items = match &chunking.results {
+            None => Some(answer),
+            Some(p) => p.get(&answer).cloned(),
+        };
+        let items = match items {
+            Some(Value::Array(items)) if items.len() == requests.len() => items,
+            Some(Value::Array(items)) => {
+                return all(format!(
+                    "the answer has {} results for {} records",
+                    items.len(),
+                    requests.len()
+                ));
+            }
+            _ => return all("the answer is not an array of results".to_owned()),
+        };
+        items
+            .into_iter()
+            .map(|item| {
+                let result = provider.extract(item)?;
+                self.check_result(&result)?;
+                Ok(result)
+            })
+            .collect()
+    }
+
+    /// One HTTP exchange with a provider (with its retries and breaker):
+    /// its JSON answer.
+    async fn send(
+        &self,
+        index: usize,
+        method: HttpMethod,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
+        let provider = &self.providers[index];
         let live = &self.live()?[index];
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| "the processor is shutting down".to_owned())?;
-        let url = reqwest::Url::parse(&request.url)
-            .map_err(|e| format!("the rendered URL is not valid: {e}"))?;
+        let url =
+            reqwest::Url::parse(url).map_err(|e| format!("the rendered URL is not valid: {e}"))?;
         let url = &url;
-        let answer = live
-            .resilience
+        live.resilience
             .run(|| async move {
-                let mut builder = match request.method {
+                let mut builder = match method {
                     HttpMethod::Get => live.client.get(url.clone()),
                     HttpMethod::Post => live.client.post(url.clone()),
                 }
@@ -548,7 +653,7 @@ impl Inner {
                 for (name, value) in &provider.spec.headers {
                     builder = builder.header(name.as_str(), value.as_str());
                 }
-                if let Some(body) = &request.body {
+                if let Some(body) = body {
                     builder = builder
                         .header("content-type", "application/json")
                         .body(body.to_string());
@@ -579,10 +684,7 @@ impl Inner {
                 read_json(response).await
             })
             .await
-            .map_err(|e| e.message)?;
-        let result = provider.extract(answer)?;
-        self.check_result(&result)?;
-        Ok(result)
+            .map_err(|e| e.message)
     }
 
     /// Try the providers in order; the first usable result wins.
@@ -611,6 +713,107 @@ impl Inner {
         }
         metrics::counter!("sluice_enrich_results_total", "outcome" => "failed").increment(1);
         Err(format!("every provider failed: {}", reasons.join("; ")))
+    }
+}
+
+impl Inner {
+    /// The waterfall for many records at once (a processor with a
+    /// provider in chunk mode): each provider in turn gets every record
+    /// still without a result — in chunks of `max_records` for a chunked
+    /// provider, one request per record otherwise, concurrently within
+    /// `concurrency` — and a record whose request or result fails there
+    /// falls through to the next provider. `requests[r][i]` is record
+    /// `r`'s request for provider `i`.
+    async fn waterfall_many(
+        self: Arc<Self>,
+        requests: Vec<Vec<Result<Request, String>>>,
+    ) -> Vec<Result<Value, String>> {
+        let n = requests.len();
+        let mut results: Vec<Option<Value>> = vec![None; n];
+        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
+        for (i, provider) in self.providers.iter().enumerate() {
+            let name = &provider.spec.name;
+            // Records still open, and those whose request could not be made.
+            let mut open: Vec<usize> = Vec::new();
+            for (r, per_record) in requests.iter().enumerate() {
+                if results[r].is_some() {
+                    continue;
+                }
+                match &per_record[i] {
+                    Ok(_) => open.push(r),
+                    Err(e) => reasons[r].push(format!("{name}: {e}")),
+                }
+            }
+            if open.is_empty() {
+                continue;
+            }
+            let request = |r: usize| requests[r][i].as_ref().ok();
+            // Every call of this provider at once, as tasks (the permits
+            // bound the calls in flight); each with the records it is for.
+            let mut calls = Vec::new();
+            match provider.chunking() {
+                Some(chunking) => {
+                    for chunk in open.chunks(chunking.max_records) {
+                        let reqs: Vec<Request> =
+                            chunk.iter().filter_map(|r| request(*r).cloned()).collect();
+                        let inner = self.clone();
+                        let task = tokio::spawn(async move {
+                            let refs: Vec<&Request> = reqs.iter().collect();
+                            inner.call_chunk(i, &refs).await
+                        });
+                        calls.push((chunk.to_vec(), task));
+                    }
+                }
+                None => {
+                    for &r in &open {
+                        let Some(req) = request(r).cloned() else {
+                            continue;
+                        };
+                        let inner = self.clone();
+                        let task = tokio::spawn(async move { vec![inner.call(i, &req).await] });
+                        calls.push((vec![r], task));
+                    }
+                }
+            }
+            let mut outcomes: Vec<(usize, Result<Value, String>)> = Vec::with_capacity(open.len());
+            for (records, task) in calls {
+                match task.await {
+                    Ok(out) => outcomes.extend(records.into_iter().zip(out)),
+                    Err(_) => outcomes.extend(
+                        records
+                            .into_iter()
+                            .map(|r| (r, Err("the call was cancelled".to_owned()))),
+                    ),
+                }
+            }
+            for (r, outcome) in outcomes {
+                match outcome {
+                    Ok(value) => {
+                        metrics::counter!("sluice_enrich_results_total", "outcome" => "provider")
+                            .increment(1);
+                        if let Some(req) = request(r) {
+                            self.remember(req.key, &value);
+                        }
+                        results[r] = Some(value);
+                    }
+                    Err(reason) => {
+                        metrics::counter!("sluice_enrich_provider_failures_total").increment(1);
+                        reasons[r].push(format!("{name}: {reason}"));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .zip(reasons)
+            .map(|(result, reasons)| {
+                result.ok_or_else(|| {
+                    metrics::counter!("sluice_enrich_results_total", "outcome" => "failed")
+                        .increment(1);
+                    format!("every provider failed: {}", reasons.join("; "))
+                })
+            })
+            .collect()
     }
 }
 
@@ -654,6 +857,18 @@ impl Processor for EnrichHttpProcessor {
         _ctx: &RecordContext<'_>,
         out: &mut Vec<Record>,
     ) -> Result<(), ProcessError> {
+        if self.chunked() {
+            // A record on its own is a chunk of one.
+            let mut results = self.enrich_many(vec![record]);
+            let result = results.pop().unwrap_or_else(|| {
+                Err(ProcessError::new(
+                    ErrorCode::EnrichFailed,
+                    "no result for the record",
+                ))
+            });
+            out.extend(result?);
+            return Ok(());
+        }
         let inner = &self.inner;
         let requests: Vec<Result<Request, String>> =
             inner.providers.iter().map(|p| p.render(&record)).collect();
@@ -681,7 +896,90 @@ impl Processor for EnrichHttpProcessor {
     }
 }
 
-impl Stage for EnrichHttpProcessor {}
+impl EnrichHttpProcessor {
+    /// Whether a provider is in chunk mode: then the processor takes the
+    /// records of a part together ([`Stage::process_many`]).
+    fn chunked(&self) -> bool {
+        self.inner.providers.iter().any(|p| p.chunking().is_some())
+    }
+
+    /// Enrich many records: the cache first (per record, every provider in
+    /// order), then [`Inner::waterfall_many`] for the rest. One result per
+    /// record, in order.
+    fn enrich_many(&self, records: Vec<Record>) -> Vec<Result<Vec<Record>, ProcessError>> {
+        let inner = &self.inner;
+        let mut values: Vec<Option<Value>> = Vec::with_capacity(records.len());
+        let mut pending: Vec<(usize, Vec<Result<Request, String>>)> = Vec::new();
+        for (r, record) in records.iter().enumerate() {
+            let requests: Vec<Result<Request, String>> =
+                inner.providers.iter().map(|p| p.render(record)).collect();
+            let hit = requests
+                .iter()
+                .filter_map(|q| q.as_ref().ok())
+                .find_map(|q| inner.cached(&q.key));
+            if hit.is_some() {
+                metrics::counter!("sluice_enrich_results_total", "outcome" => "cache").increment(1);
+            } else {
+                pending.push((r, requests));
+            }
+            values.push(hit);
+        }
+        let mut failed: Vec<Option<String>> = vec![None; records.len()];
+        if !pending.is_empty() {
+            let (indexes, requests): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+            let worker = self.inner.clone();
+            let outcomes =
+                sluice_outbound::block_on(async move { worker.waterfall_many(requests).await });
+            match outcomes {
+                Ok(outcomes) => {
+                    for (r, outcome) in indexes.into_iter().zip(outcomes) {
+                        match outcome {
+                            Ok(v) => values[r] = Some(v),
+                            Err(reason) => failed[r] = Some(reason),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for r in indexes {
+                        failed[r] = Some(e.message.clone());
+                    }
+                }
+            }
+        }
+        records
+            .into_iter()
+            .zip(values)
+            .zip(failed)
+            .map(|((mut record, value), failure)| {
+                let value = match (value, failure) {
+                    (Some(v), _) => v,
+                    (None, reason) => {
+                        return Err(ProcessError::new(
+                            ErrorCode::EnrichFailed,
+                            reason.unwrap_or_else(|| "no provider answered".to_owned()),
+                        ));
+                    }
+                };
+                merge(&mut record, &inner.target, value)
+                    .map_err(|m| ProcessError::new(ErrorCode::EnrichFailed, m))?;
+                Ok(vec![record])
+            })
+            .collect()
+    }
+}
+
+impl Stage for EnrichHttpProcessor {
+    fn chunked(&self) -> bool {
+        EnrichHttpProcessor::chunked(self)
+    }
+
+    fn process_many(
+        &self,
+        records: Vec<(Record, RecordContext<'_>)>,
+    ) -> Vec<Result<Vec<Record>, ProcessError>> {
+        self.enrich_many(records.into_iter().map(|(r, _)| r).collect())
+    }
+}
 
 #[cfg(test)]
 mod tests {
