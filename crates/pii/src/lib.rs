@@ -25,6 +25,7 @@ mod names;
 mod raw;
 mod rules;
 mod scan;
+mod split;
 mod types;
 mod validators;
 

@@ -21,6 +21,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternID};
 
 use crate::rules::{self, DetectorSpec, GroupSpec, RulesError};
+use crate::split::{Split, SplitCache};
 use crate::types::{PiiType, token_ends_at, token_starts_at};
 use crate::validators::Validator;
 
@@ -74,6 +75,8 @@ struct Detector {
     /// alone, run only on the match span (its cache is in [`ScanCache`],
     /// at this detector's index).
     capture: Option<BoundedBacktracker>,
+    /// The group's bounds from small automata, tried before `capture`.
+    split: Option<Split>,
 }
 
 /// What a string must contain for a group to be worth running.
@@ -198,6 +201,7 @@ pub(crate) struct ScanCache {
     /// Backtracker cache and captures per detector (only for detectors
     /// with a `capture`).
     captures: Vec<Option<(backtrack::Cache, Captures)>>,
+    splits: Vec<Option<SplitCache>>,
     candidates: Vec<Candidate>,
 }
 
@@ -205,6 +209,7 @@ pub(crate) struct ScanCache {
 struct Side<'a> {
     contexts: &'a mut [hybrid::regex::Cache],
     captures: &'a mut [Option<(backtrack::Cache, Captures)>],
+    splits: &'a mut [Option<SplitCache>],
 }
 
 /// All enabled pattern detectors, compiled.
@@ -434,6 +439,9 @@ impl Scanner {
                         .map_err(|e| err(e.to_string()))?,
                 )
             };
+            let split = (spec.group_index != 0)
+                .then(|| Split::new(&translated, spec.group_index))
+                .flatten();
             let require_before = compile_context(spec, spec.require_before.as_ref())?;
             let deny_before = compile_context(spec, spec.deny_before.as_ref())?;
             if !enabled[kind.index()] {
@@ -457,6 +465,7 @@ impl Scanner {
                 boundary: spec.boundary,
                 single,
                 capture,
+                split,
             });
         }
         let mut groups = Vec::new();
@@ -519,6 +528,11 @@ impl Scanner {
                         .as_ref()
                         .map(|bt| (bt.create_cache(), bt.create_captures()))
                 })
+                .collect(),
+            splits: self
+                .detectors
+                .iter()
+                .map(|d| d.split.as_ref().map(Split::create_cache))
                 .collect(),
             candidates: Vec::new(),
         }
@@ -586,6 +600,7 @@ impl Scanner {
             let mut side = Side {
                 contexts: &mut cache.contexts,
                 captures: &mut cache.captures,
+                splits: &mut cache.splits,
             };
             self.scan_group(
                 group,
@@ -716,20 +731,30 @@ impl Scanner {
         let (gs, ge) = if d.group == 0 {
             (s, e)
         } else {
-            let input = Input::new(hay).range(s..e).anchored(Anchored::Yes);
-            let fast = match (&d.capture, side.captures.get_mut(i)) {
-                (Some(bt), Some(Some((cache, caps)))) if e - s <= bt.max_haystack_len() => bt
-                    .try_search(cache, &input, caps)
-                    .ok()
-                    .map(|()| caps.get_group(d.group).map(|g| (g.start, g.end))),
+            let split = match (&d.split, side.splits.get_mut(i)) {
+                (Some(split), Some(Some(cache))) => split.group(cache, hay, s, e),
                 _ => None,
             };
-            let group = match fast {
-                Some(g) => g,
+            let group = match split {
+                Some(g) => Some(g),
                 None => {
-                    let mut caps = d.single.create_captures();
-                    d.single.search_captures(&input, &mut caps);
-                    caps.get_group(d.group).map(|g| (g.start, g.end))
+                    let input = Input::new(hay).range(s..e).anchored(Anchored::Yes);
+                    let fast = match (&d.capture, side.captures.get_mut(i)) {
+                        (Some(bt), Some(Some((cache, caps)))) if e - s <= bt.max_haystack_len() => {
+                            bt.try_search(cache, &input, caps)
+                                .ok()
+                                .map(|()| caps.get_group(d.group).map(|g| (g.start, g.end)))
+                        }
+                        _ => None,
+                    };
+                    match fast {
+                        Some(g) => g,
+                        None => {
+                            let mut caps = d.single.create_captures();
+                            d.single.search_captures(&input, &mut caps);
+                            caps.get_group(d.group).map(|g| (g.start, g.end))
+                        }
+                    }
                 }
             };
             group?
@@ -1018,6 +1043,99 @@ mod tests {
         ] {
             assert_eq!(walk(hay), plain(hay), "{hay}");
         }
+    }
+
+    /// Where the group automata answer, they give the bounds the pattern's
+    /// own capture search gives.
+    #[test]
+    fn split_groups_equal_capture_groups() {
+        let s = scanner();
+        let split: Vec<&Detector> = s.detectors.iter().filter(|d| d.split.is_some()).collect();
+        assert!(split.len() >= 4, "url, bearer, basic and key=value use it");
+        static PARTS: [&str; 31] = [
+            "password",
+            "PassWD",
+            "api_key",
+            "token",
+            "sig",
+            "secret",
+            "=",
+            ":",
+            ": ",
+            " = ",
+            "\"",
+            "'",
+            "String(\"",
+            "\")",
+            "hunter2",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIi",
+            " ",
+            "\t",
+            "&",
+            ";",
+            "[",
+            "Bearer ",
+            "basic ",
+            "dXNlcjpwYXNzd29yZA==",
+            "postgres://",
+            "mysql://app:",
+            "app",
+            "@db:5432",
+            "@",
+            "/",
+            "x",
+        ];
+        let text = proptest::collection::vec(proptest::sample::select(&PARTS[..]), 1..14)
+            .prop_map(|p| p.concat());
+        let answered = std::cell::Cell::new(0usize);
+        let mut cache = s.create_cache();
+        for (i, d) in s.detectors.iter().enumerate() {
+            let (Some(sp), Some(Some(c))) = (&d.split, cache.splits.get_mut(i)) else {
+                continue;
+            };
+            let c = std::cell::RefCell::new(c);
+            let check = |hay: &str| -> Result<(), proptest::test_runner::TestCaseError> {
+                let hay = hay.as_bytes();
+                for m in d.single.find_iter(hay) {
+                    let input = Input::new(hay)
+                        .range(m.start()..m.end())
+                        .anchored(Anchored::Yes);
+                    let mut caps = d.single.create_captures();
+                    d.single.search_captures(&input, &mut caps);
+                    let want = caps.get_group(d.group).map(|g| (g.start, g.end));
+                    if let Some(got) = sp.group(&mut c.borrow_mut(), hay, m.start(), m.end()) {
+                        answered.set(answered.get() + 1);
+                        proptest::prop_assert_eq!(
+                            Some(got),
+                            want,
+                            "{:?}",
+                            String::from_utf8_lossy(hay)
+                        );
+                    }
+                }
+                Ok(())
+            };
+            for hay in [
+                "password: hunter2 and token=eyJabc.def",
+                "postgres://app:s3cret-pw@db:5432/x and a@b",
+                "Authorization: Bearer abcdefghijklmnop1234",
+                "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+                "password = \"a b\" api_key='x y' secret=String(\"z\")",
+            ] {
+                check(hay).unwrap();
+            }
+            let mut runner =
+                proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+                    cases: 3000,
+                    ..Default::default()
+                });
+            runner.run(&text, |hay| check(&hay)).unwrap();
+        }
+        let answered = answered.get();
+        assert!(
+            answered > 200,
+            "the automata answered only {answered} times"
+        );
     }
 
     #[test]
