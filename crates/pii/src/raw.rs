@@ -409,7 +409,9 @@ fn skip_plain(s: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     // Eight bytes at a time: a byte is special when it is < 0x20, '"' or
-    // '\\' (the usual has-zero-byte trick on x ^ c and on x - 0x20).
+    // '\\' (the usual has-zero-byte trick on x ^ c and on x - 0x20). A
+    // borrow can only mark bytes above a special one, so the lowest mark
+    // is exact.
     while let Some(chunk) = s.get(i..i + 8) {
         let mut b = [0u8; 8];
         b.copy_from_slice(chunk);
@@ -419,7 +421,7 @@ fn skip_plain(s: &[u8], mut i: usize) -> usize {
             | has_zero(x ^ (LO * u64::from(b'\\')))
             | (x.wrapping_sub(LO * 0x20) & !x & HI);
         if special != 0 {
-            break;
+            return i + (special.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
@@ -637,6 +639,24 @@ mod tests {
         assert_eq!(skip_plain(b"abcdefghij\\k", 0), 10);
         assert_eq!(skip_plain(b"abcdefghijk\x1f", 0), 11);
         assert_eq!(skip_plain(b"abc", 0), 3);
+        // Every special byte at every place in and across a chunk, after
+        // fillers that could upset the word-at-a-time test.
+        let naive = |s: &[u8], i: usize| {
+            (i..s.len())
+                .find(|&j| s[j] == b'"' || s[j] == b'\\' || s[j] < 0x20)
+                .unwrap_or(s.len())
+        };
+        for filler in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff] {
+            for special in [b'"', b'\\', 0x00, 0x01, 0x1f, b'\n'] {
+                for at in 0..20 {
+                    let mut s = vec![filler; 20];
+                    s[at] = special;
+                    for from in 0..=at {
+                        assert_eq!(skip_plain(&s, from), naive(&s, from), "{s:?} from {from}");
+                    }
+                }
+            }
+        }
         assert_eq!(skip_plain("ünïcödé ünïcödé\"".as_bytes(), 0), 23);
     }
 
