@@ -15,8 +15,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Ready: the database and payload storage answer, and (in processes
 /// that run them) the workers are running.
 ///
-/// The body also reports the health of every active pipeline's
-/// destination (`destinations`), from the results this process has; when
+/// The body also counts the active pipelines whose destination failed
+/// its health check (`destinations`; counts only, no pipeline is named),
+/// from the results this process has; when
 /// they are older than a few seconds a new round of checks starts in the
 /// background. Destination health never makes the process unready: one
 /// tenant's unreachable target says nothing about whether this process can
