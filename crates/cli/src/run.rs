@@ -315,7 +315,15 @@ fn read_parts(
 }
 
 fn count_newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+    // Per 64-byte chunk into a u8, which the compiler turns into vector
+    // compares (the plain filter-and-count ran byte by byte, about a
+    // twentieth of a redact-only run).
+    let chunks = bytes.chunks_exact(64);
+    let tail = chunks.remainder();
+    let full: u64 = chunks
+        .map(|c| u64::from(c.iter().fold(0u8, |n, &b| n + u8::from(b == b'\n'))))
+        .sum();
+    full + tail.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 fn work(
@@ -449,6 +457,17 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         assert_eq!(hash_key(Some("00ff")), a, "derivation is stable");
+    }
+
+    #[test]
+    fn newlines_are_counted() {
+        let mut bytes = vec![b'x'; 1000];
+        for i in [0, 63, 64, 65, 127, 500, 998, 999] {
+            bytes[i] = b'\n';
+        }
+        assert_eq!(count_newlines(&bytes), 8);
+        assert_eq!(count_newlines(&[b'\n'; 200]), 200);
+        assert_eq!(count_newlines(b""), 0);
     }
 
     #[test]
