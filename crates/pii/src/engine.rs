@@ -22,7 +22,7 @@ use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, no
 use crate::names::PersonFinder;
 use crate::rules::{self, FieldRuleSpec, RulesError};
 use crate::scan::{F_CAPS2, ScanCache, Scanner, Span};
-use crate::types::{FastMap, FastSet, PiiType, contains_token, is_token};
+use crate::types::{FastMap, FastSet, PiiType, WordHash, contains_token, is_token};
 
 /// Key of the process-wide default engine. Its pseudonyms are only used in
 /// logs and failed-record captures, never for joins across tenants.
@@ -221,11 +221,64 @@ struct KeyInfo {
     rule: RuleRef,
 }
 
-/// Field names remembered per [`Work`]; past this many the cache starts
-/// over, so names that never repeat cannot grow it without bound.
-const KEY_CACHE_ENTRIES: usize = 4096;
+/// Slots of the field-name cache.
+const KEY_SLOTS: usize = 1024;
 /// Longer field names are not cached.
-const KEY_CACHE_NAME_BYTES: usize = 64;
+const KEY_CACHE_NAME_BYTES: usize = 32;
+
+/// What field names mean, remembered per [`Work`]: a direct-mapped cache
+/// (one name per slot, a new name evicts the old). Names come from record
+/// data, so a hash table could be flooded with colliding names; here a
+/// collision only costs a miss, and the memory is fixed.
+struct KeyCache {
+    names: Vec<[u8; KEY_CACHE_NAME_BYTES]>,
+    /// Length of the name in each slot; `u8::MAX` when empty.
+    lens: Vec<u8>,
+    infos: Vec<KeyInfo>,
+}
+
+impl KeyCache {
+    fn new() -> KeyCache {
+        KeyCache {
+            names: vec![[0; KEY_CACHE_NAME_BYTES]; KEY_SLOTS],
+            lens: vec![u8::MAX; KEY_SLOTS],
+            infos: vec![
+                KeyInfo {
+                    exempt: 0,
+                    user: None,
+                    rule: RuleRef::None,
+                };
+                KEY_SLOTS
+            ],
+        }
+    }
+
+    fn slot(name: &str) -> usize {
+        use std::hash::Hasher;
+        let mut h = WordHash::default();
+        h.write(name.as_bytes());
+        (h.finish() as usize) % KEY_SLOTS
+    }
+
+    fn get(&self, name: &str) -> Option<KeyInfo> {
+        if name.len() > KEY_CACHE_NAME_BYTES {
+            return None;
+        }
+        let i = Self::slot(name);
+        (usize::from(self.lens[i]) == name.len() && self.names[i][..name.len()] == *name.as_bytes())
+            .then(|| self.infos[i])
+    }
+
+    fn put(&mut self, name: &str, info: KeyInfo) {
+        if name.len() > KEY_CACHE_NAME_BYTES {
+            return;
+        }
+        let i = Self::slot(name);
+        self.names[i][..name.len()].copy_from_slice(name.as_bytes());
+        self.lens[i] = u8::try_from(name.len()).unwrap_or(u8::MAX);
+        self.infos[i] = info;
+    }
+}
 
 /// Scratch state of a record walk: the detectors' caches and what field
 /// names mean. Pooled by the [`Redactor`], so it outlives one record.
@@ -234,7 +287,7 @@ pub(crate) struct Work {
     norm: String,
     parent_norm: String,
     cache: ScanCache,
-    keys: FastMap<Box<str>, KeyInfo>,
+    keys: KeyCache,
 }
 
 /// What happens to one string value.
@@ -393,7 +446,7 @@ impl Redactor {
             norm: String::new(),
             parent_norm: String::new(),
             cache: self.scanner.create_cache(),
-            keys: FastMap::default(),
+            keys: KeyCache::new(),
         })
     }
 
@@ -408,7 +461,7 @@ impl Redactor {
     /// What field name `k` means for its values, from `w`'s cache.
     fn key_info(&self, k: &str, w: &mut Work) -> KeyInfo {
         if let Some(info) = w.keys.get(k) {
-            return *info;
+            return info;
         }
         normalize_field(k, &mut w.norm);
         let norm = w.norm.as_str();
@@ -429,12 +482,7 @@ impl Redactor {
             user: self.user_fields.get(norm).copied(),
             rule,
         };
-        if k.len() <= KEY_CACHE_NAME_BYTES {
-            if w.keys.len() >= KEY_CACHE_ENTRIES {
-                w.keys.clear();
-            }
-            w.keys.insert(k.into(), info);
-        }
+        w.keys.put(k, info);
         info
     }
 
@@ -1275,12 +1323,24 @@ mod tests {
                 );
             }
         }
-        assert!(w.keys.contains_key("customerRef"));
-        // Names that never repeat do not grow the cache without bound.
-        for i in 0..(2 * KEY_CACHE_ENTRIES) {
-            r.key_info(&format!("k{i}"), &mut w);
+        assert!(w.keys.get("customerRef").is_some());
+        // Names that evict each other, and names too long to cache, still
+        // get their own answer.
+        for i in 0..(4 * KEY_SLOTS) {
+            let name = format!("x{i}_password");
+            assert!(
+                matches!(r.key_info(&name, &mut w).rule, RuleRef::Rule(_)),
+                "{name}"
+            );
+            let plain = format!("k{i}");
+            assert!(
+                matches!(r.key_info(&plain, &mut w).rule, RuleRef::None),
+                "{plain}"
+            );
         }
-        assert!(w.keys.len() <= KEY_CACHE_ENTRIES);
+        let long = format!("{}_password", "x".repeat(40));
+        assert!(matches!(r.key_info(&long, &mut w).rule, RuleRef::Rule(_)));
+        assert!(w.keys.get(&long).is_none());
         r.end_work(w);
     }
 

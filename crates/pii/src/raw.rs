@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 
 use crate::engine::{Outcome, Redactor, Work};
-use crate::types::Fnv;
+use crate::types::WordHash;
 
 /// Nesting deeper than this goes the `Value` way (serde_json stops at 128).
 const MAX_DEPTH: usize = 100;
@@ -268,7 +268,7 @@ impl<'a> Pass<'a, '_> {
         }
         let h = {
             use std::hash::Hasher;
-            let mut f = Fnv::default();
+            let mut f = WordHash::default();
             f.write(k.as_bytes());
             f.finish()
         };

@@ -153,34 +153,54 @@ pub(crate) fn token_starts_at(hay: &[u8], i: usize) -> bool {
     }
 }
 
-/// FNV-1a: field names and words are short, and SipHash's DoS resistance
-/// buys nothing for sets built from the rules file, while its cost showed
-/// up in every lookup.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv(u64);
+/// A word-at-a-time multiplicative hash (the FxHash step, eight bytes per
+/// round, with a final fold so the low bits depend on every input bit):
+/// the sets hold names and words from the rules file and the name lists,
+/// SipHash's flooding resistance buys nothing for them, and hashing a byte
+/// at a time (FNV) showed up in every lookup. Maps keyed by record data
+/// use std's seeded hasher instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WordHash(u64);
 
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+const WORD_HASH_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl WordHash {
+    fn round(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(WORD_HASH_K);
     }
 }
 
-impl std::hash::Hasher for Fnv {
+impl std::hash::Hasher for WordHash {
     fn finish(&self) -> u64 {
-        self.0
+        let wide = u128::from(self.0) * u128::from(WORD_HASH_K);
+        (wide as u64) ^ ((wide >> 64) as u64)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.round(u64::from_le_bytes(w));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            // The length keeps "ab" and "ab\0" apart.
+            self.round(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.round(u64::from(b) | 1 << 63);
     }
 }
 
-/// Hash map and set with [`Fnv`].
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-pub(crate) type FastSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<Fnv>>;
+/// Hash map and set with [`WordHash`].
+pub(crate) type FastMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<WordHash>>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<WordHash>>;
 
 #[cfg(test)]
 mod tests {
