@@ -190,6 +190,9 @@ struct Group {
     /// Detector index (file order) of each pattern id.
     detectors: Vec<usize>,
     dfa: hybrid::regex::Regex,
+    /// Same patterns, reporting every pattern that matches: after a
+    /// rejected candidate, which others match at its start.
+    all: hybrid::dfa::DFA,
     /// Same patterns, used if an automaton ever gives up on an input.
     fallback: Regex,
 }
@@ -197,6 +200,8 @@ struct Group {
 /// Lazy DFA caches for every group; one per thread at a time.
 pub(crate) struct ScanCache {
     groups: Vec<hybrid::regex::Cache>,
+    /// For each group's `all` automaton, and the patterns it found.
+    alls: Vec<(hybrid::dfa::Cache, regex_automata::PatternSet)>,
     contexts: Vec<hybrid::regex::Cache>,
     /// Backtracker cache and captures per detector (only for detectors
     /// with a `capture`).
@@ -488,6 +493,15 @@ impl Scanner {
                 )
                 .build_many(&texts)
                 .map_err(|e| gerr(e.to_string()))?;
+            let all = hybrid::dfa::DFA::builder()
+                .syntax(syntax::Config::new().utf8(false))
+                .configure(
+                    hybrid::dfa::Config::new()
+                        .match_kind(regex_automata::MatchKind::All)
+                        .minimum_cache_clear_count(None),
+                )
+                .build_many(&texts)
+                .map_err(|e| gerr(e.to_string()))?;
             let fallback = Regex::builder()
                 .syntax(syntax::Config::new().utf8(false))
                 .build_many(&texts)
@@ -496,6 +510,7 @@ impl Scanner {
                 needs: group_needs[gi],
                 detectors: patterns.iter().map(|(d, _)| *d).collect(),
                 dfa,
+                all,
                 fallback,
             });
         }
@@ -519,6 +534,14 @@ impl Scanner {
     pub(crate) fn create_cache(&self) -> ScanCache {
         ScanCache {
             groups: self.groups.iter().map(|g| g.dfa.create_cache()).collect(),
+            alls: self
+                .groups
+                .iter()
+                .map(|g| {
+                    let set = regex_automata::PatternSet::new(g.all.pattern_len());
+                    (g.all.create_cache(), set)
+                })
+                .collect(),
             contexts: self.contexts.iter().map(|c| c.dfa.create_cache()).collect(),
             captures: self
                 .detectors
@@ -605,6 +628,7 @@ impl Scanner {
             self.scan_group(
                 group,
                 &mut cache.groups[gi],
+                &mut cache.alls[gi],
                 &mut side,
                 hay,
                 &mut candidates,
@@ -630,6 +654,7 @@ impl Scanner {
         &self,
         group: &Group,
         cache: &mut hybrid::regex::Cache,
+        (all_cache, matching): &mut (hybrid::dfa::Cache, regex_automata::PatternSet),
         side: &mut Side<'_>,
         hay: &[u8],
         out: &mut Vec<Candidate>,
@@ -657,10 +682,17 @@ impl Scanner {
                 continue;
             }
             // Rejected: another pattern of the group may match at the same
-            // place; try each anchored before moving on.
+            // place; try each that does, anchored, before moving on. One
+            // pass says which do (all of them if that automaton gives up).
+            matching.clear();
+            let at_start = Input::new(hay).range(s..).anchored(Anchored::Yes);
+            let known = group
+                .all
+                .try_which_overlapping_matches(all_cache, &at_start, matching)
+                .is_ok();
             let mut retried = false;
             for (pid, &other) in group.detectors.iter().enumerate() {
-                if other == order {
+                if other == order || (known && !matching.contains(PatternID::new_unchecked(pid))) {
                     continue;
                 }
                 let anchored = Input::new(hay)
@@ -963,6 +995,17 @@ mod tests {
         ] {
             assert_eq!(found(&s, text), [], "{text}");
         }
+    }
+
+    #[test]
+    fn a_rejected_candidate_leaves_its_start_to_the_other_patterns() {
+        let s = scanner();
+        // Nine digits are a bare SSN first, rejected without an SSN
+        // keyword; the bare-phone pattern matches at the same start.
+        assert_eq!(
+            found(&s, "call 012345678"),
+            [(PiiType::Phone, "012345678".to_string())]
+        );
     }
 
     #[test]
