@@ -19,7 +19,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, normalize_field};
-use crate::names::PersonFinder;
+use crate::names::{PersonFinder, PersonScratch};
 use crate::rules::{self, FieldRuleSpec, RulesError};
 use crate::scan::{F_CAPS2, ScanCache, Scanner, Span};
 use crate::types::{FastMap, FastSet, PiiType, WordHash, contains_token, is_token};
@@ -288,6 +288,8 @@ pub(crate) struct Work {
     parent_norm: String,
     cache: ScanCache,
     keys: KeyCache,
+    person: PersonScratch,
+    found: Vec<Span>,
 }
 
 /// What happens to one string value.
@@ -447,6 +449,8 @@ impl Redactor {
             parent_norm: String::new(),
             cache: self.scanner.create_cache(),
             keys: KeyCache::new(),
+            person: PersonScratch::default(),
+            found: Vec::new(),
         })
     }
 
@@ -556,7 +560,7 @@ impl Redactor {
             };
         }
         let mut w = self.work();
-        let out = self.redact_free(text, 0, &mut w.cache);
+        let out = self.redact_free(text, 0, &mut w);
         self.end_work(w);
         match out {
             Some(s) => Cow::Owned(s),
@@ -683,12 +687,12 @@ impl Redactor {
                 }
             };
             if let Some(rule) = rule
-                && let Some(outcome) = self.apply_field_rule(s, rule, &mut w.cache)
+                && let Some(outcome) = self.apply_field_rule(s, rule, w)
             {
                 return outcome;
             }
         }
-        match self.redact_free(s, exempt, &mut w.cache) {
+        match self.redact_free(s, exempt, w) {
             // Everything in the value was removed: remove the field.
             Some(n) if n.trim().is_empty() => Outcome::Remove,
             Some(n) => Outcome::Replace(n),
@@ -696,12 +700,7 @@ impl Redactor {
         }
     }
 
-    fn apply_field_rule(
-        &self,
-        s: &str,
-        rule: &FieldRule,
-        cache: &mut ScanCache,
-    ) -> Option<Outcome> {
+    fn apply_field_rule(&self, s: &str, rule: &FieldRule, w: &mut Work) -> Option<Outcome> {
         let trimmed = s.trim();
         if self.is_placeholder(trimmed) {
             return Some(Outcome::Keep);
@@ -724,7 +723,7 @@ impl Redactor {
             rule.kind,
             PiiType::Email | PiiType::Phone | PiiType::CreditCard | PiiType::UsSsn | PiiType::Iban
         );
-        if precise && let Some(n) = self.redact_free(s, 0, cache) {
+        if precise && let Some(n) = self.redact_free(s, 0, w) {
             return Some(Outcome::Replace(n));
         }
         let keep = rule
@@ -787,8 +786,8 @@ impl Redactor {
 
     /// Detects spans in free text and rewrites them; `None` when nothing
     /// changes.
-    fn redact_free(&self, s: &str, exempt: u32, cache: &mut ScanCache) -> Option<String> {
-        let spans = self.detect(s, cache);
+    fn redact_free(&self, s: &str, exempt: u32, w: &mut Work) -> Option<String> {
+        let spans = self.detect(s, w);
         if spans.is_empty() {
             return None;
         }
@@ -818,21 +817,21 @@ impl Redactor {
     }
 
     /// All spans of `s`, sorted and non-overlapping, in `s`'s offsets.
-    fn detect(&self, s: &str, cache: &mut ScanCache) -> Vec<Span> {
+    fn detect(&self, s: &str, w: &mut Work) -> Vec<Span> {
         let bytes = s.as_bytes();
         let mut spans = Vec::new();
         if trivially_clean(bytes) {
             return spans;
         }
         if let Some(view) = PercentView::new(bytes) {
-            let features = self.scanner.scan(&view.decoded, cache, &mut spans);
+            let features = self.scanner.scan(&view.decoded, &mut w.cache, &mut spans);
             if let Some(persons) = &self.persons
                 && features & F_CAPS2 != 0
                 && let Ok(text) = std::str::from_utf8(&view.decoded)
             {
-                let mut found = Vec::new();
-                persons.find(text, &spans, &mut found);
-                merge(&mut spans, found);
+                w.found.clear();
+                persons.find(text, &spans, &mut w.person, &mut w.found);
+                merge(&mut spans, &w.found);
             }
             for sp in &mut spans {
                 let (a, b) = view.map(sp.start, sp.end);
@@ -840,13 +839,13 @@ impl Redactor {
                 sp.end = b;
             }
         } else {
-            let features = self.scanner.scan(bytes, cache, &mut spans);
+            let features = self.scanner.scan(bytes, &mut w.cache, &mut spans);
             if let Some(persons) = &self.persons
                 && features & F_CAPS2 != 0
             {
-                let mut found = Vec::new();
-                persons.find(s, &spans, &mut found);
-                merge(&mut spans, found);
+                w.found.clear();
+                persons.find(s, &spans, &mut w.person, &mut w.found);
+                merge(&mut spans, &w.found);
             }
         }
         spans
@@ -1026,11 +1025,11 @@ fn widen_to_chars(s: &str, mut start: usize, mut end: usize) -> (usize, usize) {
 }
 
 /// Adds `extra` spans (which do not overlap `spans`) keeping order.
-fn merge(spans: &mut Vec<Span>, extra: Vec<Span>) {
+fn merge(spans: &mut Vec<Span>, extra: &[Span]) {
     if extra.is_empty() {
         return;
     }
-    spans.extend(extra);
+    spans.extend_from_slice(extra);
     spans.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
 }
 

@@ -57,7 +57,8 @@ impl NameLists {
 
 /// Compiled person heuristics.
 pub(crate) struct PersonFinder {
-    strong_cues: Vec<String>,
+    /// Strong cues (lower-case), by their last byte.
+    strong_cues: Vec<Vec<String>>,
     weak_cues: FastSet<String>,
     particles: FastSet<String>,
     stopwords: FastSet<String>,
@@ -145,9 +146,12 @@ impl PersonFinder {
     pub(crate) fn new(spec: &PersonSpec) -> PersonFinder {
         let lower =
             |v: &[String]| -> FastSet<String> { v.iter().map(|s| s.to_lowercase()).collect() };
-        let mut strong: Vec<String> = spec.strong_cues.iter().map(|s| s.to_lowercase()).collect();
-        // Longest first so "account holder" wins over "holder".
-        strong.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut strong: Vec<Vec<String>> = vec![Vec::new(); 256];
+        for cue in spec.strong_cues.iter().map(|s| s.to_lowercase()) {
+            if let Some(&last) = cue.as_bytes().last() {
+                strong[usize::from(last)].push(cue);
+            }
+        }
         PersonFinder {
             strong_cues: strong,
             weak_cues: lower(&spec.weak_cues),
@@ -160,27 +164,31 @@ impl PersonFinder {
 
     /// Appends PERSON spans of `text` that do not overlap `taken` (sorted,
     /// non-overlapping spans found earlier).
-    pub(crate) fn find(&self, text: &str, taken: &[Span], out: &mut Vec<Span>) {
+    pub(crate) fn find(
+        &self,
+        text: &str,
+        taken: &[Span],
+        scratch: &mut PersonScratch,
+        out: &mut Vec<Span>,
+    ) {
         let bytes = text.as_bytes();
         // A name needs two words: a space, and an upper-case letter after it.
         if memchr::memchr(b' ', bytes).is_none() {
             return;
         }
-        let mut bufs = Bufs::default();
-        let mut tokens = std::mem::take(&mut bufs.tokens);
-        tokenize(text, &mut tokens);
+        let PersonScratch { bufs, tokens, run } = scratch;
+        tokenize(text, tokens);
         if tokens.len() < 2 {
             return;
         }
         // Words already inside a finding cannot be part of a name; the rest
         // of the run is judged on its own, as it would be once the finding
         // is replaced (so a second pass finds nothing new).
-        for t in &mut tokens {
+        for t in tokens.iter_mut() {
             if taken.iter().any(|s| s.start < t.end && t.start < s.end) {
                 t.cap = false;
             }
         }
-        let mut run = Vec::new();
         let mut i = 0;
         while i < tokens.len() {
             if !tokens[i].cap {
@@ -214,7 +222,7 @@ impl PersonFinder {
                 }
             }
             let run_end = j + 1;
-            self.judge(text, &tokens, &run, taken, &mut bufs, out);
+            self.judge(text, tokens, run, taken, bufs, out);
             i = run_end;
         }
     }
@@ -228,7 +236,7 @@ impl PersonFinder {
         bufs: &mut Bufs,
         out: &mut Vec<Span>,
     ) {
-        let Bufs { folded, lower, .. } = bufs;
+        let Bufs { folded, lower } = bufs;
         // Strip leading and trailing stop words; a stripped leading word may
         // itself be the cue ("Customer Alessio Segni").
         let word = |k: usize| &text[tokens[k].start..tokens[k].end];
@@ -293,7 +301,8 @@ impl PersonFinder {
         if tail.is_empty() {
             return Cue::None;
         }
-        for cue in &self.strong_cues {
+        let last = usize::from(*tail.as_bytes().last().unwrap_or(&0));
+        for cue in &self.strong_cues[last] {
             if let Some(prefix) = tail.strip_suffix(cue.as_str()) {
                 let boundary = prefix
                     .chars()
@@ -321,7 +330,15 @@ impl PersonFinder {
 struct Bufs {
     folded: String,
     lower: String,
+}
+
+/// Scratch space of [`PersonFinder::find`], kept between calls so a call
+/// allocates nothing once it has warmed up.
+#[derive(Default)]
+pub(crate) struct PersonScratch {
+    bufs: Bufs,
     tokens: Vec<Token>,
+    run: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,7 +454,7 @@ mod tests {
 
     fn people(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        finder().find(text, &[], &mut out);
+        finder().find(text, &[], &mut PersonScratch::default(), &mut out);
         out.iter()
             .map(|s| text[s.start..s.end].to_string())
             .collect()
