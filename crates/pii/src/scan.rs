@@ -12,9 +12,10 @@
 //! hides a real match that starts inside it.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use regex_automata::hybrid;
-use regex_automata::meta::{BuildError, Regex};
+use regex_automata::meta::Regex;
 use regex_automata::nfa::thompson::backtrack::{self, BoundedBacktracker};
 use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
@@ -42,11 +43,41 @@ struct Candidate {
     order: usize,
 }
 
+/// A regex that is only needed when an automaton gives up or a capture
+/// group cannot be read off cheaply: compiled on first use. (Compiling
+/// every one up front was about half of building a scanner.)
+struct OnDemand {
+    patterns: Vec<String>,
+    regex: OnceLock<Option<Regex>>,
+}
+
+impl OnDemand {
+    fn new(patterns: Vec<String>) -> OnDemand {
+        OnDemand {
+            patterns,
+            regex: OnceLock::new(),
+        }
+    }
+
+    /// The regex; `None` only if the patterns (which the lazy DFAs
+    /// already accepted) do not compile.
+    fn get(&self) -> Option<&Regex> {
+        self.regex
+            .get_or_init(|| {
+                Regex::builder()
+                    .syntax(syntax::Config::new().utf8(false))
+                    .build_many(&self.patterns)
+                    .ok()
+            })
+            .as_ref()
+    }
+}
+
 /// A context pattern: a lazy DFA (its cache lives in [`ScanCache`]) and the
 /// same pattern as a fallback.
 struct Context {
     dfa: hybrid::regex::Regex,
-    fallback: Regex,
+    fallback: OnDemand,
 }
 
 impl Context {
@@ -56,7 +87,7 @@ impl Context {
             .try_search(cache, &Input::new(window).earliest(true))
         {
             Ok(m) => m.is_some(),
-            Err(_) => self.fallback.is_match(window),
+            Err(_) => self.fallback.get().is_some_and(|r| r.is_match(window)),
         }
     }
 }
@@ -70,7 +101,7 @@ struct Detector {
     deny_before: Option<usize>,
     boundary: bool,
     /// The pattern alone, for capture groups (fallback of `capture`).
-    single: Regex,
+    single: OnDemand,
     /// For detectors that redact a group: a backtracker over the pattern
     /// alone, run only on the match span (its cache is in [`ScanCache`],
     /// at this detector's index).
@@ -194,7 +225,7 @@ struct Group {
     /// rejected candidate, which others match at its start.
     all: hybrid::dfa::DFA,
     /// Same patterns, used if an automaton ever gives up on an input.
-    fallback: Regex,
+    fallback: OnDemand,
 }
 
 /// Lazy DFA caches for every group; one per thread at a time.
@@ -320,13 +351,6 @@ fn byte_bit(b: u8) -> Option<u64> {
     Some(1 << (8 + i))
 }
 
-fn build(pattern: &str) -> Result<Regex, Box<BuildError>> {
-    Regex::builder()
-        .syntax(syntax::Config::new().utf8(false))
-        .build(pattern)
-        .map_err(Box::new)
-}
-
 fn compile_context(
     spec: &DetectorSpec,
     pattern: Option<&String>,
@@ -338,13 +362,15 @@ fn compile_context(
     let Some(p) = pattern else { return Ok(None) };
     let ci = rules::case_insensitive(&spec.flags_context).map_err(err)?;
     let t = rules::translate(p, ci).map_err(err)?;
-    let fallback = build(&t).map_err(|e| err(format!("context pattern: {e}")))?;
     let dfa = hybrid::regex::Regex::builder()
         .syntax(syntax::Config::new().utf8(false))
         .dfa(hybrid::dfa::Config::new().minimum_cache_clear_count(None))
         .build(&t)
         .map_err(|e| err(format!("context pattern: {e}")))?;
-    Ok(Some(Context { dfa, fallback }))
+    Ok(Some(Context {
+        dfa,
+        fallback: OnDemand::new(vec![t]),
+    }))
 }
 
 impl Scanner {
@@ -430,20 +456,19 @@ impl Scanner {
             };
             let ci = rules::case_insensitive(&spec.flags).map_err(err)?;
             let translated = rules::translate(&spec.pattern, ci).map_err(err)?;
-            let single = build(&translated).map_err(|e| err(e.to_string()))?;
-            if spec.group_index >= single.group_info().group_len(PatternID::ZERO) {
-                return Err(err(format!("pattern has no group {}", spec.group_index)));
-            }
             let capture = if spec.group_index == 0 {
                 None
             } else {
-                Some(
-                    backtrack::Builder::new()
-                        .syntax(syntax::Config::new().utf8(false))
-                        .build(&translated)
-                        .map_err(|e| err(e.to_string()))?,
-                )
+                let bt = backtrack::Builder::new()
+                    .syntax(syntax::Config::new().utf8(false))
+                    .build(&translated)
+                    .map_err(|e| err(e.to_string()))?;
+                if spec.group_index >= bt.get_nfa().group_info().group_len(PatternID::ZERO) {
+                    return Err(err(format!("pattern has no group {}", spec.group_index)));
+                }
+                Some(bt)
             };
+            let single = OnDemand::new(vec![translated.clone()]);
             let split = (spec.group_index != 0)
                 .then(|| Split::new(&translated, spec.group_index))
                 .flatten();
@@ -502,10 +527,7 @@ impl Scanner {
                 )
                 .build_many(&texts)
                 .map_err(|e| gerr(e.to_string()))?;
-            let fallback = Regex::builder()
-                .syntax(syntax::Config::new().utf8(false))
-                .build_many(&texts)
-                .map_err(|e| gerr(e.to_string()))?;
+            let fallback = OnDemand::new(texts.iter().map(|t| t.to_string()).collect());
             groups.push(Group {
                 needs: group_needs[gi],
                 detectors: patterns.iter().map(|(d, _)| *d).collect(),
@@ -663,7 +685,7 @@ impl Scanner {
             group
                 .dfa
                 .try_search(cache, input)
-                .unwrap_or_else(|_| group.fallback.search(input))
+                .unwrap_or_else(|_| group.fallback.get().and_then(|r| r.search(input)))
         };
         let mut pos = 0;
         while pos < hay.len() {
@@ -782,8 +804,9 @@ impl Scanner {
                     match fast {
                         Some(g) => g,
                         None => {
-                            let mut caps = d.single.create_captures();
-                            d.single.search_captures(&input, &mut caps);
+                            let single = d.single.get()?;
+                            let mut caps = single.create_captures();
+                            single.search_captures(&input, &mut caps);
                             caps.get_group(d.group).map(|g| (g.start, g.end))
                         }
                     }
@@ -1139,12 +1162,13 @@ mod tests {
             let c = std::cell::RefCell::new(c);
             let check = |hay: &str| -> Result<(), proptest::test_runner::TestCaseError> {
                 let hay = hay.as_bytes();
-                for m in d.single.find_iter(hay) {
+                let single = d.single.get().unwrap();
+                for m in single.find_iter(hay) {
                     let input = Input::new(hay)
                         .range(m.start()..m.end())
                         .anchored(Anchored::Yes);
-                    let mut caps = d.single.create_captures();
-                    d.single.search_captures(&input, &mut caps);
+                    let mut caps = single.create_captures();
+                    single.search_captures(&input, &mut caps);
                     let want = caps.get_group(d.group).map(|g| (g.start, g.end));
                     if let Some(got) = sp.group(&mut c.borrow_mut(), hay, m.start(), m.end()) {
                         answered.set(answered.get() + 1);
@@ -1179,6 +1203,17 @@ mod tests {
             answered > 200,
             "the automata answered only {answered} times"
         );
+    }
+
+    /// The regexes compiled on first use compile, for every detector,
+    /// context and group of the rules file.
+    #[test]
+    fn fallback_regexes_compile() {
+        let s = scanner();
+        assert!(s.detectors.iter().all(|d| d.single.get().is_some()));
+        assert!(s.contexts.iter().all(|c| c.fallback.get().is_some()));
+        assert!(s.groups.iter().all(|g| g.fallback.get().is_some()));
+        assert!(OnDemand::new(vec!["(".into()]).get().is_none());
     }
 
     #[test]
