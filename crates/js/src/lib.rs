@@ -325,6 +325,7 @@ impl Script {
                     text: &inner.source,
                     kind: inner.kind,
                 };
+                let budget_before = chunk_left;
                 let started = std::time::Instant::now();
                 let outcome = Engine::start(
                     &source,
@@ -345,6 +346,14 @@ impl Script {
                 match outcome {
                     Ok(engine) => engine,
                     Err(StartError::Failed(f)) => return Err(failed(f)),
+                    // The chunk's budget ran out while the top level ran
+                    // again: that is the chunk's timeout, not a script
+                    // error (the same top level started fine before).
+                    Err(StartError::Problems(_))
+                        if budget_before.is_some_and(|left| spent >= left) =>
+                    {
+                        return Err(failed(Failure::chunk_spent(limits)));
+                    }
                     Err(StartError::Problems(p)) => {
                         let message = p
                             .first()
