@@ -11,7 +11,7 @@
 //! and replaced in the original encoding.
 
 use std::borrow::Cow;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use hmac::{Hmac, Mac};
 use regex_automata::meta::Regex;
@@ -302,7 +302,7 @@ pub(crate) enum Outcome {
 /// The redaction engine. Immutable once built: `Send + Sync`, cheap to
 /// share in an `Arc`.
 pub struct Redactor {
-    scanner: Scanner,
+    scanner: Arc<Scanner>,
     persons: Option<PersonFinder>,
     field_rules: FieldRules,
     user_fields: FastMap<String, UserField>,
@@ -343,8 +343,7 @@ impl Redactor {
             }]
         };
         let rules = rules::parse(crate::RULES_JSON).map_err(rules_problem)?;
-        let scanner = Scanner::new(&rules.detectors, &rules.groups, &resolved.enabled)
-            .map_err(rules_problem)?;
+        let scanner = shared_scanner(&rules, &resolved.enabled).map_err(rules_problem)?;
         let field_rules = FieldRules::new(&rules.field_rules).map_err(rules_problem)?;
         let persons =
             resolved.enabled[PiiType::Person.index()].then(|| PersonFinder::new(&rules.person));
@@ -391,7 +390,7 @@ impl Redactor {
 
     fn fail_closed() -> Redactor {
         Redactor {
-            scanner: Scanner::empty(),
+            scanner: Arc::new(Scanner::empty()),
             persons: None,
             field_rules: FieldRules {
                 rules: Vec::new(),
@@ -1084,6 +1083,42 @@ impl PercentView {
     }
 }
 
+/// Scanners by the types they detect. A scanner depends only on those and
+/// the built-in rules, and building one is most of building an engine, so
+/// engines with the same types share one: `sluice run` validates a
+/// pipeline and then builds it, and a server runs many pipelines with the
+/// default types. The last one built is kept alive for the build that
+/// usually follows a validation; the others live as long as an engine
+/// uses them.
+fn shared_scanner(
+    rules: &rules::RulesFile,
+    enabled: &[bool; PiiType::COUNT],
+) -> Result<Arc<Scanner>, RulesError> {
+    type Shared = (
+        Vec<([bool; PiiType::COUNT], Weak<Scanner>)>,
+        Option<Arc<Scanner>>,
+    );
+    static SHARED: Mutex<Shared> = Mutex::new((Vec::new(), None));
+    if let Ok(shared) = SHARED.lock()
+        && let Some(scanner) = shared
+            .0
+            .iter()
+            .find(|(e, _)| e == enabled)
+            .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(scanner);
+    }
+    let scanner = Arc::new(Scanner::new(&rules.detectors, &rules.groups, enabled)?);
+    if let Ok(mut shared) = SHARED.lock() {
+        shared
+            .0
+            .retain(|(e, w)| w.strong_count() > 0 && e != enabled);
+        shared.0.push((*enabled, Arc::downgrade(&scanner)));
+        shared.1 = Some(Arc::clone(&scanner));
+    }
+    Ok(scanner)
+}
+
 /// The process-wide default engine (default config, fixed key), used for
 /// logs and failed-record captures.
 pub fn default_redactor() -> &'static Redactor {
@@ -1341,6 +1376,20 @@ mod tests {
         assert!(matches!(r.key_info(&long, &mut w).rule, RuleRef::Rule(_)));
         assert!(w.keys.get(&long).is_none());
         r.end_work(w);
+    }
+
+    #[test]
+    fn engines_with_the_same_types_share_a_scanner() {
+        let a = redactor(json!({"actions": {"EMAIL": "hash"}}));
+        let b = redactor(json!({}));
+        let c = redactor(json!({"disable": ["IPV4"]}));
+        assert!(Arc::ptr_eq(&a.scanner, &b.scanner));
+        assert!(!Arc::ptr_eq(&a.scanner, &c.scanner));
+        let mut rec = json!({"ip": "191.112.33.56"});
+        c.redact_record(&mut rec);
+        assert_eq!(rec, json!({"ip": "191.112.33.56"}));
+        b.redact_record(&mut rec);
+        assert_eq!(rec, json!({"ip": "[IPV4]"}));
     }
 
     #[test]

@@ -33,11 +33,12 @@ impl NameLists {
             // strings so lookups borrow nothing per call.
             let lower = |text: &'static str| -> FastSet<&'static str> {
                 let joined: &'static str = Box::leak(text.to_ascii_lowercase().into_boxed_str());
-                joined
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect()
+                let mut set = FastSet::with_capacity_and_hasher(
+                    memchr::memchr_iter(b'\n', joined.as_bytes()).count() + 1,
+                    Default::default(),
+                );
+                set.extend(joined.lines().map(str::trim).filter(|l| !l.is_empty()));
+                set
             };
             NameLists {
                 first: lower(FIRST_NAMES),
