@@ -185,10 +185,19 @@ impl std::hash::Hasher for WordHash {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            // The length keeps "ab" and "ab\0" apart.
-            self.round(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+            // Whole loads of the tail (copying it into a buffer first made
+            // the next read wait for the copy); the length keeps tails
+            // that load alike apart.
+            let n = rest.len();
+            let word = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+                (Some(lo), Some(hi)) => {
+                    u64::from(u32::from_le_bytes(*lo)) | u64::from(u32::from_le_bytes(*hi)) << 32
+                }
+                _ => {
+                    u64::from(rest[0]) | u64::from(rest[n / 2]) << 8 | u64::from(rest[n - 1]) << 16
+                }
+            };
+            self.round(word ^ ((n as u64) << 59));
         }
     }
 
