@@ -128,11 +128,14 @@ struct Literals {
     /// Byte (either case) to its column in `trans`.
     classes: [u8; 256],
     stride: usize,
-    /// Per state and class: the next state premultiplied by `stride`,
-    /// shifted left by one; the low bit says it has an output.
+    /// Per state and class: the next state, premultiplied by `stride`.
+    /// States where a literal ends are numbered last, from `first_out`.
     trans: Vec<u32>,
+    first_out: u32,
     /// Per state: the feature bits of the literals ending there.
     out: Vec<u64>,
+    /// Length of the longest literal.
+    longest: usize,
 }
 
 impl Literals {
@@ -199,19 +202,72 @@ impl Literals {
                 }
             }
         }
-        let trans = delta
-            .iter()
-            .map(|&next| {
-                let premultiplied = next * u32::try_from(stride).unwrap_or(0);
-                premultiplied << 1 | u32::from(out[next as usize] != 0)
-            })
-            .collect();
+        // Renumber: states without an output first (the start state stays
+        // 0), so "a literal ends here" is one comparison.
+        let mut order: Vec<usize> = (0..n).filter(|&s| out[s] == 0).collect();
+        let first_out = order.len();
+        order.extend((0..n).filter(|&s| out[s] != 0));
+        let mut new_id = vec![0u32; n];
+        for (new, &old) in order.iter().enumerate() {
+            new_id[old] = u32::try_from(new).unwrap_or(0);
+        }
+        let stride32 = u32::try_from(stride).unwrap_or(0);
+        let mut trans = vec![0u32; n * stride];
+        for (old, &new) in new_id.iter().enumerate() {
+            for c in 0..stride {
+                let next = delta[old * stride + c] as usize;
+                trans[new as usize * stride + c] = new_id[next] * stride32;
+            }
+        }
         Literals {
             classes,
             stride,
             trans,
-            out,
+            first_out: u32::try_from(first_out).unwrap_or(0) * stride32,
+            out: order.iter().map(|&old| out[old]).collect(),
+            longest: literals.iter().map(|(l, _)| l.len()).max().unwrap_or(0),
         }
+    }
+
+    /// The feature bits of the literals in `hay`. A walk is one chain of
+    /// dependent loads, so long haystacks are cut into four overlapping
+    /// parts walked side by side.
+    fn find(&self, hay: &[u8]) -> u64 {
+        const LANES: usize = 4;
+        let step = |sid: &mut u32, f: &mut u64, b: u8| {
+            *sid = self.trans[*sid as usize + usize::from(self.classes[usize::from(b)])];
+            if *sid >= self.first_out {
+                *f |= self.out[*sid as usize / self.stride];
+            }
+        };
+        let mut f = 0u64;
+        let part = hay.len() / LANES;
+        if part < 16 {
+            let mut sid = 0;
+            for &b in hay {
+                step(&mut sid, &mut f, b);
+            }
+            return f;
+        }
+        // Lane k reads hay[k * part ..], and all but the last read on for
+        // longest - 1 bytes, so a literal across a cut is found.
+        let mut sids = [0u32; LANES];
+        for i in 0..part {
+            for (k, sid) in sids.iter_mut().enumerate() {
+                step(sid, &mut f, hay[k * part + i]);
+            }
+        }
+        for (k, sid) in sids.iter_mut().enumerate() {
+            let end = if k + 1 == LANES {
+                hay.len()
+            } else {
+                ((k + 1) * part + self.longest.saturating_sub(1)).min(hay.len())
+            };
+            for &b in &hay[k * part + part..end] {
+                step(sid, &mut f, b);
+            }
+        }
+        f
     }
 }
 
@@ -588,25 +644,10 @@ impl Scanner {
     fn features(&self, hay: &[u8]) -> u64 {
         static TABLE: [u16; 256] = byte_table();
         let mut acc: u16 = 0;
-        let mut f = 0u64;
-        match &self.literals {
-            None => {
-                for &b in hay {
-                    acc |= TABLE[usize::from(b)];
-                }
-            }
-            Some(lits) => {
-                let mut sid = 0usize;
-                for &b in hay {
-                    acc |= TABLE[usize::from(b)];
-                    let e = lits.trans[sid + usize::from(lits.classes[usize::from(b)])];
-                    sid = (e >> 1) as usize;
-                    if e & 1 != 0 {
-                        f |= lits.out[sid / lits.stride];
-                    }
-                }
-            }
+        for &b in hay {
+            acc |= TABLE[usize::from(b)];
         }
+        let mut f = self.literals.as_ref().map_or(0, |lits| lits.find(hay));
         f |= u64::from(acc & 0xFF) << 8;
         if acc & CLASS_DIGIT != 0 {
             f |= F_DIGIT;
@@ -1069,27 +1110,22 @@ mod tests {
                 .filter(|(l, _)| lower.contains(&l.to_ascii_lowercase()))
                 .fold(0, |acc, (_, bit)| acc | bit)
         };
-        let walk = |hay: &str| -> u64 {
-            let mut sid = 0usize;
-            let mut f = 0;
-            for &b in hay.as_bytes() {
-                let e = automaton.trans[sid + usize::from(automaton.classes[usize::from(b)])];
-                sid = (e >> 1) as usize;
-                if e & 1 != 0 {
-                    f |= automaton.out[sid / automaton.stride];
-                }
-            }
-            f
-        };
-        let mut runner = proptest::test_runner::TestRunner::default();
+        let walk = |hay: &str| -> u64 { automaton.find(hay.as_bytes()) };
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 2000,
+            ..Default::default()
+        });
         let texts = proptest::collection::vec(
             proptest::prop_oneof![
                 proptest::sample::select(&words[..]).prop_map(str::to_owned),
                 proptest::sample::select(&words[..]).prop_map(|w| w.to_uppercase()),
                 "[a-zA-Z_:/ -]{0,3}",
                 "\\PC{0,2}",
+                // Long fillers move literals across the cuts between the
+                // parts that long haystacks are walked in.
+                "[a-z0-9 ]{0,40}",
             ],
-            0..8,
+            0..24,
         )
         .prop_map(|parts| parts.concat());
         runner
