@@ -30,6 +30,7 @@
 //! Components are registered in `registry.rs`, one line each.
 
 mod destinations;
+mod lines;
 mod pointer;
 mod processors;
 mod registry;
@@ -84,11 +85,43 @@ pub(crate) trait Stage: Processor {
     /// Called on the processing thread at the start of every part.
     fn begin_part(&self) {}
 
-    /// The engine of a `redact` processor. A pipeline whose only
-    /// processor is `redact` redacts each line from its bytes, without
-    /// building a `Value` (see [`sluice_pii::Redactor::redact_json_line`]).
-    fn redactor(&self) -> Option<&sluice_pii::Redactor> {
-        None
+    /// Whether this stage can edit records as their NDJSON lines
+    /// ([`Stage::process_line`]). When every stage of a pipeline can, a
+    /// record goes through them as JSON text, without a `Value` (see
+    /// `lines.rs`).
+    fn takes_lines(&self) -> bool {
+        false
+    }
+
+    /// Appends the processed record for `line` (one JSON object) to `out`,
+    /// with `append` (key, string value) as its last top-level member when
+    /// given: the same JSON value as [`Processor::process`] makes, for a
+    /// stage that emits exactly one record. Returns false, leaving `out` as
+    /// it was, when the record has to take the `Value` path instead (it
+    /// fails there, or this path cannot reproduce it exactly).
+    fn process_line(
+        &self,
+        _line: &[u8],
+        _append: Option<(&str, &str)>,
+        _out: &mut Vec<u8>,
+    ) -> bool {
+        false
+    }
+
+    /// Whether this stage can edit a record given as its top-level members
+    /// ([`Stage::process_members`]). When every stage of a pipeline can,
+    /// a line is split into members once, checked on the way, and written
+    /// once at the end.
+    fn takes_members(&self) -> bool {
+        false
+    }
+
+    /// Edits the members of one record (the line was checked when it was
+    /// split); the same JSON value as [`Processor::process`] makes, for a
+    /// stage that emits exactly one record. Returns false when the record
+    /// has to take the `Value` path instead; `members` is then dropped.
+    fn process_members<'a>(&'a self, _members: &mut Vec<lines::Member<'a>>) -> bool {
+        false
     }
 
     /// Whether this stage takes the records of a part together
@@ -225,6 +258,15 @@ pub fn build_pipeline(
         return Err(problems);
     }
     Ok(CompiledPipeline {
+        text_path: if processors.is_empty() {
+            TextPath::No
+        } else if processors.iter().all(|p| p.takes_members()) {
+            TextPath::Members
+        } else if processors.iter().all(|p| p.takes_lines()) {
+            TextPath::Lines
+        } else {
+            TextPath::No
+        },
         tenant_id: ctx.tenant_id,
         pipeline_id: ctx.pipeline_id,
         pipeline_name: ctx.pipeline_name.clone(),
@@ -249,6 +291,21 @@ pub struct CompiledPipeline {
     destination: Option<Arc<dyn Destination>>,
     on_error: OnError,
     id_field: String,
+    /// How records go through the processors when they can skip the
+    /// `Value`: see [`TextPath`].
+    text_path: TextPath,
+}
+
+/// Whether records can go through every processor as JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextPath {
+    /// Some processor needs a `Value` (or there is none).
+    No,
+    /// Every processor takes the record as its top-level members
+    /// ([`Stage::takes_members`]): split once, written once.
+    Members,
+    /// Every processor takes the record as a line ([`Stage::takes_lines`]).
+    Lines,
 }
 
 impl std::fmt::Debug for CompiledPipeline {
@@ -334,8 +391,10 @@ impl CompiledPipeline {
     /// output record gets `id_field` = `{batch_id}:{index}:{n}` with `n` its
     /// position among the outputs of that input record. Records are written
     /// as serde_json writes a `Value` (keys sorted), except in a pipeline
-    /// whose only processor is `redact`: there a record keeps its members'
-    /// order and spelling, and the id is its last member.
+    /// whose every processor edits lines ([`Stage::takes_lines`]: `redact`,
+    /// and `map` with ops on top-level members only): there a record keeps
+    /// its members' order and spelling, a member that is added goes last,
+    /// and the id is the last member.
     ///
     /// A pipeline with a chunked stage (an `enrich_http` provider in chunk
     /// mode) runs every record of the part through one processor after the
@@ -354,10 +413,7 @@ impl CompiledPipeline {
         };
         let mut current: Vec<Value> = Vec::with_capacity(4);
         let mut next: Vec<Value> = Vec::with_capacity(4);
-        let raw_redactor = match self.processors.as_slice() {
-            [only] => only.redactor(),
-            _ => None,
-        };
+        let mut scratch = (Vec::new(), Vec::new());
         let mut index = first_index;
         let mut rest = ndjson;
         while !rest.is_empty() {
@@ -372,12 +428,11 @@ impl CompiledPipeline {
                 continue;
             }
             out.records_in += 1;
-            if let Some(redactor) = raw_redactor {
-                // Redact-only: the line's own bytes, redacted, plus the id.
-                // Lines it cannot take (invalid ones among them) go the
-                // `Value` way below, which reports the errors.
+            if self.text_path != TextPath::No {
+                // Lines the stages cannot take (invalid ones among them) go
+                // the `Value` way below, which reports the errors.
                 let id = record_id(&batch_id, record_index, 0);
-                if redactor.redact_json_line(line, Some((&self.id_field, &id)), &mut out.ndjson) {
+                if self.process_line(line, &id, &mut scratch, &mut out.ndjson) {
                     out.ndjson.push(b'\n');
                     out.records_out += 1;
                     continue;
@@ -407,6 +462,49 @@ impl CompiledPipeline {
             }
         }
         out
+    }
+
+    /// Runs `line` through every stage as JSON text and appends the result,
+    /// with its id, to `out`; false (and `out` as it was) when a stage
+    /// gives up on it. `scratch` holds the text between stages.
+    fn process_line(
+        &self,
+        line: &[u8],
+        id: &str,
+        scratch: &mut (Vec<u8>, Vec<u8>),
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if self.text_path == TextPath::Members {
+            let Some(mut members) = lines::members(line) else {
+                return false;
+            };
+            if !self
+                .processors
+                .iter()
+                .all(|p| p.process_members(&mut members))
+                || members.iter().any(|m| m.key == self.id_field.as_str())
+            {
+                return false;
+            }
+            lines::write_object(&members, Some((&self.id_field, id)), out);
+            return true;
+        }
+        let Some((last, before)) = self.processors.split_last() else {
+            return false;
+        };
+        let (done, next) = scratch;
+        let mut first = true;
+        for p in before {
+            next.clear();
+            let input: &[u8] = if first { line } else { done };
+            if !p.process_line(input, None, next) {
+                return false;
+            }
+            std::mem::swap(done, next);
+            first = false;
+        }
+        let input: &[u8] = if first { line } else { done };
+        last.process_line(input, Some((&self.id_field, id)), out)
     }
 
     /// [`CompiledPipeline::process_part`] stage by stage: every record of

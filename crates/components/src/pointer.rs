@@ -111,6 +111,19 @@ impl Pointer {
         &self.text
     }
 
+    /// The key of a top-level member (`/a`), when the pointer names one.
+    pub(crate) fn top_key(&self) -> Option<&str> {
+        match self.tokens.as_slice() {
+            [t] => Some(&t.key),
+            _ => None,
+        }
+    }
+
+    /// The key of the top-level member the pointer is in (`a` of `/a/b`).
+    pub(crate) fn first_key(&self) -> Option<&str> {
+        self.tokens.first().map(|t| t.key.as_str())
+    }
+
     pub(crate) fn is_root(&self) -> bool {
         self.tokens.is_empty()
     }

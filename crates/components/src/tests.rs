@@ -412,3 +412,200 @@ fn debug_output_never_shows_the_hash_key() {
     assert!(text.contains("<redacted>"));
     assert!(!text.contains("116, 101, 115, 116"), "{text}");
 }
+
+/// The benchmark's E pipeline: every processor edits lines.
+fn e_pipeline() -> CompiledPipeline {
+    compiled(json!({
+      "name": "e",
+      "processors": [
+        {"type": "map", "ops": [
+          {"op": "remove", "path": "/debug", "optional": true},
+          {"op": "set", "path": "/pipeline", "value": "bench"},
+          {"op": "move", "from": "/level", "path": "/severity"},
+          {"op": "upper", "path": "/service"}
+        ]},
+        {"type": "redact", "detectors": ["EMAIL", "CREDIT_CARD"], "field_names": false,
+         "only": ["/message", "/user/email"]}
+      ]
+    }))
+}
+
+/// `process_part` of `p` as it is, and with every record on the `Value`
+/// path: the same records, failures and counts.
+fn lines_agree_with_values(p: &mut CompiledPipeline, input: &[u8]) -> PartOutput {
+    let path = p.text_path;
+    assert_ne!(path, TextPath::No);
+    let fast = p.process_part(BATCH, 7, input);
+    p.text_path = TextPath::No;
+    let slow = p.process_part(BATCH, 7, input);
+    p.text_path = path;
+    assert_eq!(fast.records_in, slow.records_in);
+    assert_eq!(fast.records_out, slow.records_out);
+    assert_eq!(fast.failures, slow.failures);
+    assert_eq!(lines(&fast), lines(&slow));
+    fast
+}
+
+#[test]
+fn the_e_pipeline_edits_lines_like_values() {
+    let mut p = e_pipeline();
+    let input = concat!(
+        r#"{"level":"info","service":"api","debug":true,"message":"mail ada@example.com card 4111 1111 1111 1111","user":{"email":"bob@example.org","name":"Bob"},"other":"eve@example.com"}"#,
+        "\n",
+        r#"{"service":"api","message":"no level: fails"}"#,
+        "\n",
+        "\n",
+        r#"{"level":"warn","service":"db","user":{"email":"x@y.io","email":"dup@y.io"}}"#,
+        "\n",
+        "not json\n",
+        r#"{"level":"error","service":7}"#,
+        "\n",
+        r#"{"level":"debug","service":"ünï","message":["a@b.io",{"m":"c@d.io"}],"_sluice_id":"forged"}"#,
+        "\n",
+        r#"{"level":"info","service":"x","n":1e999}"#
+    );
+    let out = lines_agree_with_values(&mut p, input.as_bytes());
+    assert_eq!(out.records_in, 7);
+    assert_eq!(out.records_out, 3);
+    let text = String::from_utf8(out.ndjson.clone()).unwrap();
+    let first = text.lines().next().unwrap();
+    // Members keep their order; added ones and the id go last.
+    assert!(
+        first.starts_with(r#"{"service":"API","message":"mail "#),
+        "{first}"
+    );
+    assert!(
+        first.ends_with(&format!(
+            r#""pipeline":"bench","severity":"info","_sluice_id":"{BATCH}:7:0"}}"#
+        )),
+        "{first}"
+    );
+    assert!(
+        !first.contains("ada@example.com") && !first.contains("bob@example.org"),
+        "{first}"
+    );
+    assert!(!first.contains("4111 1111"), "{first}");
+    assert!(
+        first.contains("eve@example.com"),
+        "only the listed paths are redacted: {first}"
+    );
+    let codes: Vec<_> = out
+        .failures
+        .iter()
+        .map(|f| (f.record_index, f.code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (8, ErrorCode::PathNotFound),
+            (11, ErrorCode::MalformedBody),
+            (12, ErrorCode::TypeMismatch),
+            (14, ErrorCode::MalformedBody),
+        ]
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_e_pipeline_on_lines_equals_values(
+        records in proptest::collection::vec(
+            (
+                prop_oneof![Just("info"), Just("warn")],
+                prop_oneof![Just("api"), Just("Wëb")],
+                arb_record(),
+                prop_oneof![Just("hi a@b.io"), Just("4111-1111-1111-1111"), Just("plain")],
+                any::<bool>(),
+            ),
+            0..12,
+        ),
+    ) {
+        let mut p = e_pipeline();
+        let mut input = Vec::new();
+        for (level, service, rest, message, debug) in &records {
+            let mut r = rest.clone();
+            let m = r.as_object_mut().unwrap();
+            m.insert("level".into(), json!(level));
+            m.insert("service".into(), json!(service));
+            m.insert("message".into(), json!(message));
+            m.insert("user".into(), json!({"email": message, "id": 1}));
+            if *debug {
+                m.insert("debug".into(), json!(true));
+            }
+            serde_json::to_writer(&mut input, &r).unwrap();
+            input.push(b'\n');
+        }
+        let out = lines_agree_with_values(&mut p, &input);
+        prop_assert_eq!(out.records_out, records.len() as u64);
+    }
+}
+
+#[test]
+fn text_paths_agree_with_values_for_other_pipelines() {
+    let input = concat!(
+        r#"{"level":"info","service":"api","message":"mail ada@example.com","user":{"email":"bob@example.org","phone":"+1 415 555 0100"},"items":[{"sku":"x@y.io"}],"password":"hunter2"}"#,
+        "\n",
+        r#"{"level":"warn","service":"db","user":{"email":"x@y.io","name":"Diana Carter"},"items":[]}"#,
+        "\n",
+        r#"{"level":"warn","service":"db","user":"not an object","items":{"0":{"sku":"a@b.io"}}}"#,
+        "\n",
+        "[1]\n",
+        r#"{"level":"info","service":"api","user":{"email":"a@b.io","email":"c@d.io"}}"#
+    );
+    let map = json!({"type": "map", "ops": [
+        {"op": "move", "from": "/level", "path": "/severity"},
+        {"op": "lower", "path": "/service"},
+        {"op": "copy", "from": "/user", "path": "/who", "optional": true}
+    ]});
+    // (`/who` is a copy of `/user` made before redaction.)
+    let both: &[&str] = &["ada@example.com", "bob@example.org"];
+    for (redact, path, hidden) in [
+        // The whole record: map writes a line, redact's line pass reads it.
+        (json!({"type": "redact"}), TextPath::Lines, both),
+        (
+            json!({"type": "redact", "actions": {"EMAIL": "hash", "PHONE": "partial"}}),
+            TextPath::Lines,
+            both,
+        ),
+        // `only` pointers: one split into members for both processors.
+        (
+            json!({"type": "redact", "only": ["/user", "/message"]}),
+            TextPath::Members,
+            &both[..1],
+        ),
+        (
+            json!({"type": "redact", "only": ["/user/email", "/user"]}),
+            TextPath::Members,
+            &both[..0],
+        ),
+        // Array indexes: the members of `items` go through a `Value`.
+        (
+            json!({"type": "redact", "only": ["/items/0/sku", "/who/email"]}),
+            TextPath::Members,
+            &both[..0],
+        ),
+        (
+            json!({"type": "redact", "only": ["/user"], "actions": {"EMAIL": "remove"}}),
+            TextPath::Members,
+            &both[..0],
+        ),
+    ] {
+        let mut p = compiled(json!({"name": "t", "processors": [map.clone(), redact.clone()]}));
+        assert_eq!(p.text_path, path, "{redact}");
+        let out = lines_agree_with_values(&mut p, input.as_bytes());
+        assert_eq!(out.records_in, 5);
+        let text = String::from_utf8(out.ndjson).unwrap();
+        for secret in hidden {
+            assert!(!text.contains(secret), "{redact}: {text}");
+        }
+    }
+    // A redact-only pipeline takes lines, as before; a pipeline with a
+    // processor that needs a `Value` takes neither path.
+    let p = compiled(json!({"name": "t", "processors": [{"type": "redact"}]}));
+    assert_eq!(p.text_path, TextPath::Lines);
+    let p = compiled(
+        json!({"name": "t", "processors": [map, {"type": "filter", "expression": "true"}]}),
+    );
+    assert_eq!(p.text_path, TextPath::No);
+}

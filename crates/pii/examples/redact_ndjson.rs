@@ -8,13 +8,22 @@
 //! (`redact_json_line`), and takes the `serde_json::Value` path for lines
 //! that one leaves to it. Lines that are not JSON objects are passed
 //! through `redact_text`.
+//!
+//! `redact_ndjson --serde FILE` redacts nothing: it parses every line into a
+//! `serde_json::Value` and writes it back, the reference the redact-only
+//! pipeline's throughput is compared with.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let input: Box<dyn Read> = match std::env::args().nth(1) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let serde_only = args.first().is_some_and(|a| a == "--serde");
+    if serde_only {
+        args.remove(0);
+    }
+    let input: Box<dyn Read> = match args.first().cloned() {
         Some(path) if path != "-" => match File::open(&path) {
             Ok(f) => Box::new(f),
             Err(error) => {
@@ -24,7 +33,13 @@ fn main() -> ExitCode {
         },
         _ => Box::new(io::stdin()),
     };
-    match run(BufReader::with_capacity(1 << 20, input)) {
+    let input = BufReader::with_capacity(1 << 20, input);
+    let result = if serde_only {
+        round_trip(input)
+    } else {
+        run(input)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("redact_ndjson: {error}");
@@ -60,6 +75,29 @@ fn run(mut input: impl BufRead) -> io::Result<()> {
                 serde_json::to_writer(&mut out, &record)?;
             }
             Err(_) => out.write_all(redactor.redact_text(text).as_bytes())?,
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Every line parsed into a `Value` and written back, nothing redacted.
+fn round_trip(mut input: impl BufRead) -> io::Result<()> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            break;
+        }
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(record) => serde_json::to_writer(&mut out, &record)?,
+            Err(_) => out.write_all(text.as_bytes())?,
         }
         out.write_all(b"\n")?;
     }

@@ -124,6 +124,27 @@ pub(crate) struct Resolved {
     pub field_names: bool,
 }
 
+impl Resolved {
+    /// Whether the line pass ([`crate::Redactor::redact_json_line`]) can
+    /// follow the `only` pointers: every pointer names a member below the
+    /// root by keys alone (a token that reads as an array index gives its
+    /// value a different field context in the record walk), and none lies
+    /// inside another (the record walk would scan that value twice); at
+    /// most 64 of them.
+    pub(crate) fn only_fits_lines(&self) -> bool {
+        let keys_only =
+            |p: &Vec<String>| !p.is_empty() && p.iter().all(|t| t.parse::<usize>().is_err());
+        self.only.len() <= 64
+            && self.only.iter().all(keys_only)
+            && self.only.iter().enumerate().all(|(i, a)| {
+                self.only
+                    .iter()
+                    .enumerate()
+                    .all(|(j, b)| i == j || !b.starts_with(a))
+            })
+    }
+}
+
 /// Escapes one JSON pointer reference token.
 pub(crate) fn escape_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")

@@ -307,6 +307,9 @@ pub struct Redactor {
     field_rules: FieldRules,
     user_fields: FastMap<String, UserField>,
     pub(crate) resolved: Resolved,
+    /// Whether [`Redactor::redact_json_line`] can follow the `only`
+    /// pointers (see [`Resolved::only_fits_lines`]).
+    pub(crate) only_lines: bool,
     placeholders: FastSet<String>,
     sibling_name_keys: Vec<String>,
     /// Field names (exact, and suffixes starting with '_') whose values
@@ -373,6 +376,7 @@ impl Redactor {
             persons,
             field_rules,
             user_fields,
+            only_lines: resolved.only_fits_lines(),
             resolved,
             placeholders: rules
                 .placeholders
@@ -410,6 +414,7 @@ impl Redactor {
                 only: Vec::new(),
                 field_names: false,
             },
+            only_lines: true,
             placeholders: FastSet::default(),
             sibling_name_keys: Vec::new(),
             exempt_exact: FastMap::default(),
@@ -418,6 +423,14 @@ impl Redactor {
             fail_closed: true,
             pool: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether [`Redactor::redact_json_line`] takes lines at all with this
+    /// config (it still gives up on single lines it cannot reproduce
+    /// exactly). False when the `only` pointers hold array indexes or lie
+    /// inside one another: then every line takes the `Value` path.
+    pub fn lines_supported(&self) -> bool {
+        self.resolved.only.is_empty() || self.only_lines
     }
 
     /// Redacts every string value of `record` in place. Object keys give

@@ -34,6 +34,10 @@ pub mod log;
 
 pub use config::{Action, ConfigProblem, FieldConfig, RedactConfig};
 pub use engine::{Redactor, default_redactor};
+/// The end of a run of plain JSON string bytes: the index of the first
+/// quote, backslash or control character at or after `i` (or the length),
+/// eight bytes at a time. Shared with the pipeline's line path.
+pub use raw::skip_plain as json_plain_end;
 pub use types::PiiType;
 
 /// Compiles one portable pattern of the rules file (with its `flags`) the

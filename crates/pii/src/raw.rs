@@ -15,8 +15,9 @@
 //! the walk's (members keep their input order, and numbers and escapes
 //! their input spelling). Whatever this pass does not reproduce exactly —
 //! invalid JSON, duplicate keys, very deep nesting, unusual numbers, a
-//! value the config removes, `only` pointers — makes it give up, and the
-//! caller takes the `Value` path, which also reports the errors.
+//! value the config removes, `only` pointers with array indexes or inside
+//! one another — makes it give up, and the caller takes the `Value` path,
+//! which also reports the errors.
 
 use std::borrow::Cow;
 
@@ -49,11 +50,17 @@ struct Pass<'a, 'r> {
     depth: usize,
     /// Whether `skip` pointers are set, so the path must be tracked.
     track: bool,
+    /// The JSON pointer tokens of the current value: `path[..path_len]`;
+    /// the strings beyond are kept for their buffers.
     path: Vec<String>,
+    path_len: usize,
     /// Key hashes of the open objects, innermost last.
     keys: Vec<u64>,
     /// A top-level key the line must not have.
     reserved: Option<&'a str>,
+    /// The `only` pointers when the config has them: only the values at
+    /// these paths (and everything inside them) are scanned.
+    only: Option<&'r [Vec<String>]>,
 }
 
 impl Redactor {
@@ -69,17 +76,22 @@ impl Redactor {
     /// it is not a valid JSON object, has a duplicate key or an object with more
     /// than 256 keys, nests deeper than 100 levels, has a number longer than 24 characters or with a
     /// three-digit exponent, already has the `append` key at the top
-    /// level, has a value that the config removes, or the config has `only`
-    /// pointers.
+    /// level, or has a value that the config removes; and for every line
+    /// when the config's `only` pointers are not all plain member paths
+    /// that do not nest (see [`Redactor::lines_supported`]).
     pub fn redact_json_line(
         &self,
         line: &[u8],
         append: Option<(&str, &str)>,
         out: &mut Vec<u8>,
     ) -> bool {
-        if !self.resolved.only.is_empty() {
+        let only = if self.resolved.only.is_empty() {
+            None
+        } else if self.only_lines {
+            Some(self.resolved.only.as_slice())
+        } else {
             return false;
-        }
+        };
         let Ok(text) = std::str::from_utf8(line) else {
             return false;
         };
@@ -97,8 +109,10 @@ impl Redactor {
             depth: 0,
             track,
             path: Vec::new(),
+            path_len: 0,
             keys: Vec::new(),
             reserved: append.map(|(k, _)| k),
+            only,
         };
         let ok = pass.record(append).is_ok();
         drop(pass);
@@ -117,8 +131,19 @@ impl<'a> Pass<'a, '_> {
             return Err(GiveUp);
         }
         self.copied = self.pos;
-        let redact = !(self.track && self.r.resolved.skip.iter().any(Vec::is_empty));
-        let members = self.object(None, redact)?;
+        let skip_all = self.track && self.r.resolved.skip.iter().any(Vec::is_empty);
+        if skip_all && self.only.is_some() {
+            // Nothing is scanned (as in the record walk); the line is
+            // still checked and copied.
+            self.only = Some(&[]);
+        }
+        let redact = !skip_all && self.only.is_none();
+        // Every `only` pointer starts out matching the (empty) path.
+        let mask = match self.only.map(<[_]>::len) {
+            Some(0) | None => 0,
+            Some(n) => u64::MAX >> (64 - n.min(64)),
+        };
+        let members = self.object(None, redact, mask)?;
         let close = self.pos - 1;
         self.skip_ws();
         if self.pos != self.line.len() {
@@ -139,6 +164,57 @@ impl<'a> Pass<'a, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the current value's path is one of `pointers`.
+    fn at_any(&self, pointers: &[Vec<String>]) -> bool {
+        let here = &self.path[..self.path_len];
+        pointers.iter().any(|p| p.as_slice() == here)
+    }
+
+    /// For member `k` of an object at depth `self.depth`, with `mask` the
+    /// pointers matching the object's path: whether the member is scanned
+    /// (it is at a pointer, or `redact` already), and the pointers that
+    /// match its path and go deeper.
+    fn follow_only(&self, only: &[Vec<String>], mask: u64, k: &str, redact: bool) -> (bool, u64) {
+        let level = self.depth - 1;
+        let (mut hit, mut deeper) = (redact, 0u64);
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            if only[i].get(level).is_some_and(|t| t == k) {
+                if only[i].len() == level + 1 {
+                    hit = true;
+                } else {
+                    deeper |= 1 << i;
+                }
+            }
+        }
+        (hit, deeper)
+    }
+
+    fn push_path(&mut self, token: &str) {
+        match self.path.get_mut(self.path_len) {
+            Some(slot) => {
+                slot.clear();
+                slot.push_str(token);
+            }
+            None => self.path.push(token.to_owned()),
+        }
+        self.path_len += 1;
+    }
+
+    fn push_index(&mut self, index: usize) {
+        use std::fmt::Write;
+        if self.path_len == self.path.len() {
+            self.path.push(String::new());
+        }
+        let slot = &mut self.path[self.path_len];
+        slot.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(slot, "{index}");
+        self.path_len += 1;
     }
 
     fn peek(&self) -> Option<u8> {
@@ -170,8 +246,16 @@ impl<'a> Pass<'a, '_> {
 
     /// One value starting at `pos` (after whitespace), with the field
     /// context of [`Redactor::redact_record`]'s walk.
-    fn value(&mut self, key: Option<&str>, parent: Option<&str>, mut redact: bool) -> Step {
-        if redact && self.track && self.r.resolved.skip.contains(&self.path) {
+    /// `mask`: the `only` pointers whose tokens so far match the path of
+    /// this value and that go deeper (bit i for pointer i).
+    fn value(
+        &mut self,
+        key: Option<&str>,
+        parent: Option<&str>,
+        mut redact: bool,
+        mask: u64,
+    ) -> Step {
+        if redact && self.track && self.at_any(&self.r.resolved.skip) {
             redact = false;
         }
         match self.peek() {
@@ -192,7 +276,7 @@ impl<'a> Pass<'a, '_> {
                 }
                 Ok(())
             }
-            Some(b'{') => self.object(key, redact).map(drop),
+            Some(b'{') => self.object(key, redact, mask).map(drop),
             Some(b'[') => self.array(key, parent, redact),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
@@ -204,7 +288,7 @@ impl<'a> Pass<'a, '_> {
 
     /// The object at `pos`; `key` is the name it is held under. Returns
     /// the number of members.
-    fn object(&mut self, key: Option<&str>, redact: bool) -> Step<usize> {
+    fn object(&mut self, key: Option<&str>, redact: bool, mask: u64) -> Step<usize> {
         let open = self.pos;
         self.pos += 1;
         self.depth += 1;
@@ -237,11 +321,17 @@ impl<'a> Pass<'a, '_> {
                 };
                 let ctx = sibling.as_deref().unwrap_or(&k);
                 if self.track {
-                    self.path.push(k.to_string());
+                    self.push_path(&k);
                 }
-                self.value(Some(ctx), key, redact)?;
+                // An `only` pointer turns scanning on for its value, which
+                // is judged under its own name (no sibling).
+                let (here, deeper) = match (mask, self.only) {
+                    (0, _) | (_, None) => (redact, 0),
+                    (m, Some(only)) => self.follow_only(only, m, &k, redact),
+                };
+                self.value(Some(ctx), key, here, deeper)?;
                 if self.track {
-                    self.path.pop();
+                    self.path_len -= 1;
                 }
                 members += 1;
                 self.skip_ws();
@@ -296,11 +386,12 @@ impl<'a> Pass<'a, '_> {
             loop {
                 self.skip_ws();
                 if self.track {
-                    self.path.push(index.to_string());
+                    self.push_index(index);
                 }
-                self.value(key, parent, redact)?;
+                // `only` pointers name members by key, never array items.
+                self.value(key, parent, redact, 0)?;
                 if self.track {
-                    self.path.pop();
+                    self.path_len -= 1;
                 }
                 index += 1;
                 self.skip_ws();
@@ -405,7 +496,7 @@ impl<'a> Pass<'a, '_> {
 
 /// Index of the first byte at or after `i` that is a quote, a backslash or
 /// a control character (or `s.len()`).
-fn skip_plain(s: &[u8], mut i: usize) -> usize {
+pub fn skip_plain(s: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     // Eight bytes at a time: a byte is special when it is < 0x20, '"' or

@@ -158,6 +158,19 @@ proptest! {
     }
 
     #[test]
+    fn raw_path_equals_value_path_with_only_pointers(record in record()) {
+        let cfg: RedactConfig = serde_json::from_value(json!({
+            "only": ["/email", "/billing/name", "/value", "/ünï~1kéy/key"],
+            "actions": {"PHONE": "partial"},
+            "skip": ["/billing/name/line1"],
+        })).unwrap();
+        let r = Redactor::new(&cfg, b"tenant").unwrap();
+        let line = serde_json::to_string(&record).unwrap();
+        prop_assert!(agree(&r, line.as_bytes(), None), "refused {line}");
+        agree(&r, ascii_escaped(&line).as_bytes(), Some(("id", "x")));
+    }
+
+    #[test]
     fn raw_path_never_accepts_what_serde_rejects(
         record in record(),
         cut in any::<prop::sample::Index>(),
@@ -253,10 +266,57 @@ fn shapes_the_raw_path_leaves_to_serde() {
     let remover = Redactor::new(&cfg, b"k").unwrap();
     assert!(!agree(&remover, br#"{"email":"a@b.io","n":1}"#, None));
     assert!(agree(&remover, br#"{"note":"x","n":1}"#, None));
-    // `only` pointers are left to the record walk.
-    let cfg: RedactConfig = serde_json::from_value(json!({"only": ["/a"]})).unwrap();
-    let only = Redactor::new(&cfg, b"k").unwrap();
-    assert!(!agree(&only, br#"{"a":"a@b.io"}"#, None));
+    // `only` pointers with array indexes, or inside one another, are left
+    // to the record walk.
+    for only in [
+        json!(["/a/0"]),
+        json!(["/a", "/a/b"]),
+        json!(["/a", "/a"]),
+        json!([""]),
+    ] {
+        let cfg: RedactConfig = serde_json::from_value(json!({ "only": only })).unwrap();
+        let r = Redactor::new(&cfg, b"k").unwrap();
+        assert!(!r.lines_supported(), "{only}");
+        assert!(!agree(&r, br#"{"a":["a@b.io"]}"#, None), "{only}");
+    }
+}
+
+#[test]
+fn only_pointers_scan_just_their_values() {
+    let cfg: RedactConfig =
+        serde_json::from_value(json!({"only": ["/message", "/user/email", "/form"]})).unwrap();
+    let r = Redactor::new(&cfg, b"k").unwrap();
+    assert!(r.lines_supported());
+    for line in [
+        r#"{"message":"mail bob@example.com","other":"bob@example.com"}"#,
+        r#"{"user":{"email":"bob@example.com","name":"Diana Carter","ip":"10.1.2.3"}}"#,
+        r#"{"user":{"value":"bob@example.com","name":"email"},"email":"x@y.io"}"#,
+        r#"{"form":[{"name":"password","value":"hunter2"}],"password":"hunter2"}"#,
+        r#"{"form":{"deep":{"password":"hunter2"}},"message":["a@b.io",{"m":"a@b.io"}]}"#,
+        r#"{"message":1,"user":[{"email":"a@b.io"}]}"#,
+    ] {
+        assert!(
+            agree(&r, line.as_bytes(), Some(("id", "x"))),
+            "refused {line}"
+        );
+    }
+    let mut out = Vec::new();
+    assert!(r.redact_json_line(
+        br#"{"other":"bob@example.com","message":"bob@example.com"}"#,
+        None,
+        &mut out
+    ));
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with(r#"{"other":"bob@example.com","message":""#),
+        "{text}"
+    );
+    assert!(!text.ends_with(r#""bob@example.com"}"#), "{text}");
+    // Skipping the whole record scans nothing, `only` or not.
+    let cfg: RedactConfig =
+        serde_json::from_value(json!({"only": ["/message"], "skip": [""]})).unwrap();
+    let r = Redactor::new(&cfg, b"k").unwrap();
+    assert!(agree(&r, br#"{"message":"bob@example.com"}"#, None));
 }
 
 #[test]

@@ -15,10 +15,13 @@
 //! names the op and path, never a value; the pipeline then captures the
 //! record as it was submitted, so a half-applied edit is never seen.
 
+use std::borrow::Cow;
+
 use serde_json::{Number, Value};
 use sluice_config::{CastType, MapOp, MapSpec};
 use sluice_core::{ErrorCode, Problem, ProcessError, Processor, Record, RecordContext};
 
+use crate::lines::{self, Member};
 use crate::pointer::{Pointer, PointerError, json_eq};
 use crate::script_engine::{Expression, ScriptSetup};
 use crate::{BuildContext, Stage};
@@ -81,6 +84,197 @@ enum Op {
 pub(crate) struct MapProcessor {
     ops: Vec<(Op, &'static str)>,
     has_eval: bool,
+    /// The ops for records edited as lines, when every op names a
+    /// top-level member and none is `eval` or `cast`.
+    lines: Option<Vec<LineOp>>,
+}
+
+/// A `map` op on a top-level member of a record edited as its line
+/// (see `crate::lines`). Values are JSON text, written once at build time.
+enum LineOp {
+    /// `add` and `set`.
+    Put {
+        key: String,
+        json: String,
+    },
+    Remove {
+        key: String,
+        optional: bool,
+    },
+    Replace {
+        key: String,
+        json: String,
+        optional: bool,
+    },
+    Move {
+        from: String,
+        to: String,
+        optional: bool,
+    },
+    Copy {
+        from: String,
+        to: String,
+        optional: bool,
+    },
+    Test {
+        key: String,
+        value: Value,
+    },
+    Case {
+        key: String,
+        optional: bool,
+        upper: bool,
+    },
+    Default {
+        key: String,
+        json: String,
+    },
+}
+
+/// The line form of `ops`, or `None` when one of them needs the `Value`.
+fn line_ops(ops: &[(Op, &'static str)]) -> Option<Vec<LineOp>> {
+    let key = |p: &Pointer| p.top_key().map(str::to_owned);
+    let json = |v: &Value| serde_json::to_string(v).ok();
+    ops.iter()
+        .map(|(op, _)| {
+            Some(match op {
+                Op::Add { path, value } | Op::Set { path, value } => LineOp::Put {
+                    key: key(path)?,
+                    json: json(value)?,
+                },
+                Op::Remove { path, optional } => LineOp::Remove {
+                    key: key(path)?,
+                    optional: *optional,
+                },
+                Op::Replace {
+                    path,
+                    value,
+                    optional,
+                } => LineOp::Replace {
+                    key: key(path)?,
+                    json: json(value)?,
+                    optional: *optional,
+                },
+                Op::Move {
+                    from,
+                    path,
+                    optional,
+                } => LineOp::Move {
+                    from: key(from)?,
+                    to: key(path)?,
+                    optional: *optional,
+                },
+                Op::Copy {
+                    from,
+                    path,
+                    optional,
+                } => LineOp::Copy {
+                    from: key(from)?,
+                    to: key(path)?,
+                    optional: *optional,
+                },
+                Op::Test { path, value } => LineOp::Test {
+                    key: key(path)?,
+                    value: value.clone(),
+                },
+                Op::Upper { path, optional } => LineOp::Case {
+                    key: key(path)?,
+                    optional: *optional,
+                    upper: true,
+                },
+                Op::Lower { path, optional } => LineOp::Case {
+                    key: key(path)?,
+                    optional: *optional,
+                    upper: false,
+                },
+                Op::Default { path, value } => LineOp::Default {
+                    key: key(path)?,
+                    json: json(value)?,
+                },
+                Op::Cast { .. } | Op::Eval { .. } => return None,
+            })
+        })
+        .collect()
+}
+
+/// Sets member `key` to `json`, in place when it exists, else last.
+fn put<'a>(members: &mut Vec<Member<'a>>, key: &'a str, json: Cow<'a, str>) {
+    match members.iter_mut().find(|m| m.key == key) {
+        Some(m) => m.value = json,
+        None => members.push(Member {
+            key: Cow::Borrowed(key),
+            value: json,
+        }),
+    }
+}
+
+/// Applies one op to the members; `None` when the `Value` path must take
+/// the record (the op fails there, or the line path cannot do it).
+fn apply_line_op<'a>(op: &'a LineOp, members: &mut Vec<Member<'a>>) -> Option<()> {
+    let find = |members: &[Member<'a>], key: &str| members.iter().position(|m| m.key == key);
+    let missing = |optional: bool| optional.then_some(());
+    match op {
+        LineOp::Put { key, json } => put(members, key, Cow::Borrowed(json)),
+        LineOp::Remove { key, optional } => match find(members, key) {
+            Some(i) => drop(members.remove(i)),
+            None => return missing(*optional),
+        },
+        LineOp::Replace {
+            key,
+            json,
+            optional,
+        } => match find(members, key) {
+            Some(i) => members[i].value = Cow::Borrowed(json),
+            None => return missing(*optional),
+        },
+        LineOp::Move { from, to, optional } => match find(members, from) {
+            Some(_) if from == to => {}
+            Some(i) => {
+                let value = members.remove(i).value;
+                put(members, to, value);
+            }
+            None => return missing(*optional),
+        },
+        LineOp::Copy { from, to, optional } => match find(members, from) {
+            Some(i) => {
+                let value = members[i].value.clone();
+                put(members, to, value);
+            }
+            None => return missing(*optional),
+        },
+        LineOp::Test { key, value } => {
+            let i = find(members, key)?;
+            let got: Value = serde_json::from_str(&members[i].value).ok()?;
+            if !json_eq(&got, value) {
+                return None;
+            }
+        }
+        LineOp::Case {
+            key,
+            optional,
+            upper,
+        } => match find(members, key) {
+            Some(i) => {
+                let s = lines::string_value(&members[i].value)?;
+                let new = if *upper {
+                    s.to_uppercase()
+                } else {
+                    s.to_lowercase()
+                };
+                if new != *s {
+                    let mut out = Vec::with_capacity(new.len() + 2);
+                    lines::write_str(&mut out, &new);
+                    members[i].value = Cow::Owned(String::from_utf8(out).ok()?);
+                }
+            }
+            None => return missing(*optional),
+        },
+        LineOp::Default { key, json } => match find(members, key) {
+            Some(i) if members[i].value != "null" => {}
+            _ => put(members, key, Cow::Borrowed(json)),
+        },
+    }
+    Some(())
 }
 
 pub(crate) fn build(spec: &MapSpec, ctx: &BuildContext) -> Result<MapProcessor, Vec<Problem>> {
@@ -206,6 +400,7 @@ pub(crate) fn build(spec: &MapSpec, ctx: &BuildContext) -> Result<MapProcessor, 
     }
     if problems.is_empty() {
         Ok(MapProcessor {
+            lines: line_ops(&ops),
             ops,
             has_eval: needs_engine,
         })
@@ -253,6 +448,37 @@ impl Processor for MapProcessor {
 }
 
 impl Stage for MapProcessor {
+    fn takes_lines(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    fn process_line(&self, line: &[u8], append: Option<(&str, &str)>, out: &mut Vec<u8>) -> bool {
+        let Some(mut members) = lines::members(line) else {
+            return false;
+        };
+        if !self.process_members(&mut members) {
+            return false;
+        }
+        if let Some((key, _)) = append
+            && members.iter().any(|m| m.key == key)
+        {
+            return false;
+        }
+        lines::write_object(&members, append, out);
+        true
+    }
+
+    fn takes_members(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    fn process_members<'a>(&'a self, members: &mut Vec<Member<'a>>) -> bool {
+        let Some(ops) = &self.lines else {
+            return false;
+        };
+        ops.iter().all(|op| apply_line_op(op, members).is_some())
+    }
+
     fn begin_part(&self) {
         if self.has_eval {
             for (op, _) in &self.ops {
@@ -718,5 +944,147 @@ mod tests {
         .unwrap_err();
         assert!(err.message.starts_with("op 0 (test)"), "{}", err.message);
         assert!(!err.message.contains("ada@"), "{}", err.message);
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    //! The line path of `map` gives the same record as the `Value` path, or
+    //! gives up and leaves it to that path.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::test_support::{build_ctx, ctx};
+    use proptest::prelude::*;
+    use serde_json::{Map, json};
+
+    fn map(ops: &Value) -> MapProcessor {
+        let spec: MapSpec = serde_json::from_value(json!({ "ops": ops })).unwrap();
+        build(&spec, &build_ctx())
+            .map_err(|p| format!("{p:?}"))
+            .unwrap()
+    }
+
+    /// Both paths on `record`; returns the line path's output text when it
+    /// took the line.
+    fn both(p: &MapProcessor, record: &Value, append: Option<(&str, &str)>) -> Option<String> {
+        let line = serde_json::to_string(record).unwrap();
+        let mut want = Vec::new();
+        let want = p
+            .process(record.clone(), &ctx(0), &mut want)
+            .ok()
+            .map(|()| {
+                let mut v = want.pop().unwrap();
+                if let (Some((k, id)), Value::Object(m)) = (append, &mut v) {
+                    m.insert(k.to_owned(), Value::String(id.to_owned()));
+                }
+                v
+            });
+        let mut out = b"before".to_vec();
+        if !p.process_line(line.as_bytes(), append, &mut out) {
+            assert_eq!(out, b"before");
+            return None;
+        }
+        let text = String::from_utf8(out[6..].to_vec()).unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(Some(got), want, "ops differ on {line}");
+        Some(text)
+    }
+
+    #[test]
+    fn the_benchmark_ops_keep_member_order() {
+        let p = map(&json!([
+            {"op": "remove", "path": "/debug", "optional": true},
+            {"op": "set", "path": "/pipeline", "value": "bench"},
+            {"op": "move", "from": "/level", "path": "/severity"},
+            {"op": "upper", "path": "/service"}
+        ]));
+        assert!(p.takes_lines());
+        let record =
+            json!({"ts": "t", "level": "info", "service": "api-ünï", "debug": true, "n": 1});
+        let text = both(&p, &record, Some(("_sluice_id", "b:0:0"))).unwrap();
+        // serde_json writes the keys of `json!` sorted; edits keep that
+        // order and add new members last.
+        assert_eq!(
+            text,
+            r#"{"n":1,"service":"API-ÜNÏ","ts":"t","pipeline":"bench","severity":"info","_sluice_id":"b:0:0"}"#
+        );
+        // Failures are left to the `Value` path, which reports them.
+        assert_eq!(both(&p, &json!({"service": "x"}), None), None);
+        assert_eq!(both(&p, &json!({"level": "x", "service": 1}), None), None);
+        assert_eq!(
+            both(
+                &p,
+                &json!({"level": "x", "service": "s", "_sluice_id": 1}),
+                Some(("_sluice_id", "i"))
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn nested_paths_eval_and_cast_stay_on_the_value_path() {
+        for ops in [
+            json!([{"op": "set", "path": "/a/b", "value": 1}]),
+            json!([{"op": "remove", "path": ""}]),
+            json!([{"op": "cast", "path": "/a", "to": "string"}]),
+            json!([{"op": "eval", "path": "/a", "expression": "1 + 1"}]),
+        ] {
+            assert!(!map(&ops).takes_lines(), "{ops}");
+        }
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(&["a", "b", "level", "ünï", "q\"k", ""][..]).prop_map(str::to_owned)
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            Just(json!("info")),
+            Just(json!("MiXeD ß ǅ")),
+            Just(json!(1)),
+            Just(json!(1.0)),
+            Just(json!([1, "x"])),
+            Just(json!({"k": null})),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Value> {
+        let p = || key().prop_map(|k| format!("/{}", k.replace('~', "~0")));
+        prop_oneof![
+            (p(), value()).prop_map(|(path, value)| json!({"op": "add", "path": path, "value": value})),
+            (p(), value()).prop_map(|(path, value)| json!({"op": "set", "path": path, "value": value})),
+            (p(), any::<bool>()).prop_map(|(path, o)| json!({"op": "remove", "path": path, "optional": o})),
+            (p(), value(), any::<bool>()).prop_map(|(path, value, o)| json!({"op": "replace", "path": path, "value": value, "optional": o})),
+            (p(), p(), any::<bool>()).prop_map(|(from, path, o)| json!({"op": "move", "from": from, "path": path, "optional": o})),
+            (p(), p(), any::<bool>()).prop_map(|(from, path, o)| json!({"op": "copy", "from": from, "path": path, "optional": o})),
+            (p(), value()).prop_map(|(path, value)| json!({"op": "test", "path": path, "value": value})),
+            (p(), any::<bool>()).prop_map(|(path, o)| json!({"op": "upper", "path": path, "optional": o})),
+            (p(), any::<bool>()).prop_map(|(path, o)| json!({"op": "lower", "path": path, "optional": o})),
+            (p(), value()).prop_map(|(path, value)| json!({"op": "default", "path": path, "value": value})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn the_line_path_equals_the_value_path(
+            ops in prop::collection::vec(op(), 1..5),
+            kv in prop::collection::vec((key(), value()), 0..5),
+            append in any::<bool>(),
+        ) {
+            let p = map(&Value::Array(ops));
+            prop_assert!(p.takes_lines());
+            let record = Value::Object(kv.into_iter().collect::<Map<_, _>>());
+            let append = append.then_some(("id", "b:1:0"));
+            // `both` asserts equal records whenever the line path takes one;
+            // it must take every record the `Value` path accepts (none has
+            // the appended key).
+            let took = both(&p, &record, append).is_some();
+            let mut out = Vec::new();
+            let ok = p.process(record, &ctx(0), &mut out).is_ok();
+            prop_assert_eq!(took, ok);
+        }
     }
 }

@@ -12,10 +12,32 @@ use sluice_config::RedactSpec;
 use sluice_core::{Problem, ProcessError, Processor, Record, RecordContext};
 use sluice_pii::{RedactConfig, Redactor};
 
+use std::borrow::Cow;
+
+use crate::lines::Member;
+use crate::pointer::Pointer;
 use crate::{BuildContext, Stage};
 
 pub(crate) struct RedactProcessor {
     redactor: Redactor,
+    /// With `only` pointers (none of them the whole record): the distinct
+    /// top-level members they lie in. Only these members are read when
+    /// the record is a member list (see [`Stage::process_members`]).
+    only_members: Option<Vec<String>>,
+}
+
+/// The distinct top-level keys of `only`, when there are pointers and
+/// every one names something inside a member.
+fn only_members(only: &[String]) -> Option<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
+    for text in only {
+        let pointer = Pointer::parse(text).ok()?;
+        let key = pointer.first_key()?;
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_owned());
+        }
+    }
+    (!keys.is_empty()).then_some(keys)
 }
 
 pub(crate) fn build(
@@ -30,7 +52,10 @@ pub(crate) fn build(
             .map(|p| Problem::new(p.pointer, p.message))
             .collect::<Vec<_>>()
     })?;
-    Ok(RedactProcessor { redactor })
+    Ok(RedactProcessor {
+        redactor,
+        only_members: only_members(&config.only),
+    })
 }
 
 impl Processor for RedactProcessor {
@@ -51,8 +76,75 @@ impl Processor for RedactProcessor {
 }
 
 impl Stage for RedactProcessor {
-    fn redactor(&self) -> Option<&Redactor> {
-        Some(&self.redactor)
+    fn takes_lines(&self) -> bool {
+        self.redactor.lines_supported()
+    }
+
+    fn process_line(&self, line: &[u8], append: Option<(&str, &str)>, out: &mut Vec<u8>) -> bool {
+        self.redactor.redact_json_line(line, append, out)
+    }
+
+    fn takes_members(&self) -> bool {
+        self.only_members.is_some()
+    }
+
+    /// Each member an `only` pointer lies in is redacted as the one member
+    /// of an object: the pointers' field context comes from their tokens,
+    /// not from the rest of the record, so this is what redacting the whole
+    /// record does to that member. The member goes through the line pass
+    /// when it can, else through a `Value`. A member that does not change
+    /// keeps its text.
+    fn process_members<'a>(&'a self, members: &mut Vec<Member<'a>>) -> bool {
+        let Some(keys) = &self.only_members else {
+            return false;
+        };
+        let mut line = Vec::new();
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(i) = members.iter().position(|m| m.key == key.as_str()) else {
+                continue;
+            };
+            if self.redactor.lines_supported() {
+                // `{"key":value}`; the line pass rewrites strings only, so
+                // the output starts with the same `{"key":`.
+                line.clear();
+                line.push(b'{');
+                crate::lines::write_str(&mut line, key);
+                line.push(b':');
+                let head = line.len();
+                line.extend_from_slice(members[i].value.as_bytes());
+                line.push(b'}');
+                out.clear();
+                if self.redactor.redact_json_line(&line, None, &mut out) {
+                    if out != line {
+                        let Some(value) = out
+                            .get(head..out.len().saturating_sub(1))
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                        else {
+                            return false;
+                        };
+                        members[i].value = Cow::Owned(value.to_owned());
+                    }
+                    continue;
+                }
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&members[i].value) else {
+                return false;
+            };
+            let mut one = serde_json::Map::with_capacity(1);
+            one.insert(key.clone(), value.clone());
+            let mut record = Value::Object(one);
+            self.redactor.redact_record(&mut record);
+            match record.get(key) {
+                None => drop(members.remove(i)),
+                Some(redacted) if *redacted == value => {}
+                Some(redacted) => match serde_json::to_string(redacted) {
+                    Ok(text) => members[i].value = Cow::Owned(text),
+                    Err(_) => return false,
+                },
+            }
+        }
+        true
     }
 }
 
