@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of sluice binaries on workload E, server pinned to one core: the
 # binaries alternate for ROUNDS rounds, so that a change in the machine's
-# load hits both alike. Prints records/s, latency and peak RSS per run.
+# load hits both alike. Prints records/s, latency, peak RSS and the
+# server's CPU time (user + system) per run.
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [...]
 #   N=100000 ROUNDS=2 SERVER_CPU=0 LOAD_CPU=1 PIPELINE=bench/pipelines/e.json
@@ -50,12 +51,17 @@ one() { # one BINARY
   local hwm threads
   hwm=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$SERVER/status")
   threads=$(awk '/Threads/ {print $2}' "/proc/$SERVER/status")
+  # Server CPU (user + system clock ticks, fields 14 and 15 of stat).
+  local ticks
+  ticks=$(sed 's/^.*) //' "/proc/$SERVER/stat" | awk '{print $12 + $13}')
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
-  python3 - "$dir/result.json" "$bin" "$hwm" "$threads" <<'PY'
+  python3 - "$dir/result.json" "$bin" "$hwm" "$threads" "$ticks" "$(getconf CLK_TCK)" <<'PY'
 import json, os, sys
 r = json.load(open(sys.argv[1]))
+cpu = int(sys.argv[5]) / int(sys.argv[6])
 print(f"{sys.argv[2]}: {r['records_per_sec']:,.0f} records/s, p50 {r['latency_p50_ms']:.0f} ms, p99 {r['latency_p99_ms']:.0f} ms, "
-      f"peak RSS {sys.argv[3]} MB, {sys.argv[4]} threads, load {os.getloadavg()[0]:.1f}")
+      f"peak RSS {sys.argv[3]} MB, {sys.argv[4]} threads, server CPU {cpu:.2f} s "
+      f"({cpu / r['records'] * 1e6:.1f} us/record), load {os.getloadavg()[0]:.1f}")
 PY
 }
 
