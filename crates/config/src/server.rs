@@ -244,7 +244,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             threads: 0,
-            concurrency: 4,
+            concurrency: 8,
             part_records: 10_000,
             lease_secs: 30,
             poll_interval_ms: 200,
