@@ -1123,6 +1123,16 @@ fn shared_scanner(
     }
     let scanner = Arc::new(Scanner::new(&rules.detectors, &rules.groups, enabled)?);
     if let Ok(mut shared) = SHARED.lock() {
+        // Another thread may have built the same scanner meanwhile: keep
+        // one, so that engines with the same types always share it.
+        if let Some(first) = shared
+            .0
+            .iter()
+            .find(|(e, _)| e == enabled)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(first);
+        }
         shared
             .0
             .retain(|(e, w)| w.strong_count() > 0 && e != enabled);
