@@ -414,19 +414,7 @@ impl CompiledPipeline {
         let mut current: Vec<Value> = Vec::with_capacity(4);
         let mut next: Vec<Value> = Vec::with_capacity(4);
         let mut scratch = (Vec::new(), Vec::new());
-        let mut index = first_index;
-        let mut rest = ndjson;
-        while !rest.is_empty() {
-            let (line, after) = match memchr::memchr(b'\n', rest) {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, &rest[rest.len()..]),
-            };
-            rest = after;
-            let record_index = index;
-            index += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for (record_index, line) in record_lines(first_index, ndjson) {
             out.records_in += 1;
             if self.text_path != TextPath::No {
                 // Lines the stages cannot take (invalid ones among them) go
@@ -522,19 +510,7 @@ impl CompiledPipeline {
         // Every record: its index, its line, and its outputs so far or why
         // it failed.
         let mut items: Vec<StagedRecord<'_>> = Vec::new();
-        let mut index = first_index;
-        let mut rest = ndjson;
-        while !rest.is_empty() {
-            let (line, after) = match memchr::memchr(b'\n', rest) {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, &rest[rest.len()..]),
-            };
-            rest = after;
-            let record_index = index;
-            index += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for (record_index, line) in record_lines(first_index, ndjson) {
             out.records_in += 1;
             items.push((
                 record_index,
@@ -738,6 +714,26 @@ impl CompiledPipeline {
         out.records_out += count;
         Ok(())
     }
+}
+
+/// The records of a part: each non-blank line with its batch record index
+/// (`first_index` plus its line number, so blank lines keep their index).
+fn record_lines(first_index: u64, ndjson: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    let mut rest = ndjson;
+    let lines = std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, after) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = after;
+        Some(line)
+    });
+    (first_index..)
+        .zip(lines)
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
 }
 
 /// A problem for an object that serde refused, at `base`, or at the

@@ -22,9 +22,6 @@ use std::borrow::Cow;
 
 /// Nesting deeper than this goes the `Value` way (serde_json stops at 128).
 const MAX_DEPTH: usize = 100;
-/// Numbers longer than this, or with a three-digit exponent, go the
-/// `Value` way, which decides whether they are in range.
-const MAX_NUMBER_LEN: usize = 24;
 /// Objects with more keys than this go the `Value` way.
 const MAX_KEYS: usize = 256;
 
@@ -316,44 +313,11 @@ impl<'a> Scan<'a> {
             .then(|| self.pos += word.len())
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, short enough that
-    /// serde_json certainly reads it as a finite number.
+    /// A number serde_json certainly reads as a finite one
+    /// (`sluice_pii::json_number_end`).
     fn number(&mut self) -> Option<()> {
-        let start = self.pos;
-        let digits = |s: &mut Scan<'_>| {
-            let from = s.pos;
-            while s.peek().is_some_and(|b| b.is_ascii_digit()) {
-                s.pos += 1;
-            }
-            s.pos - from
-        };
-        if self.peek() == Some(b'-') {
-            self.pos += 1;
-        }
-        match self.peek()? {
-            b'0' => self.pos += 1,
-            b'1'..=b'9' => {
-                digits(self);
-            }
-            _ => return None,
-        }
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            if digits(self) == 0 {
-                return None;
-            }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.pos += 1;
-            }
-            let n = digits(self);
-            if n == 0 || n > 2 {
-                return None;
-            }
-        }
-        (self.pos - start <= MAX_NUMBER_LEN).then_some(())
+        self.pos = sluice_pii::json_number_end(self.b, self.pos)?;
+        Some(())
     }
 }
 

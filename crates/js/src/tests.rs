@@ -820,7 +820,7 @@ fn engine_restarts_are_charged_to_the_chunk() {
     let mut spent_at = None;
     for i in 0..10_000 {
         let e = s.transform(json!({}), &call()).unwrap_err();
-        assert_eq!(e.code, ErrorCode::ScriptTimeout);
+        assert_eq!(e.code, ErrorCode::ScriptTimeout, "{}", e.message);
         if e.message.contains("for this chunk") {
             spent_at = Some(i);
             break;

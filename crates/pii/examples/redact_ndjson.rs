@@ -48,44 +48,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(mut input: impl BufRead) -> io::Result<()> {
+fn run(input: impl BufRead) -> io::Result<()> {
     let redactor = sluice_pii::default_redactor();
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-    let mut line = String::new();
-    let mut raw = Vec::new();
-    loop {
-        line.clear();
-        if input.read_line(&mut line)? == 0 {
-            break;
-        }
-        let text = line.trim_end_matches(['\n', '\r']);
-        if text.is_empty() {
-            continue;
-        }
-        if redactor.redact_json_line(text.as_bytes(), None, &mut raw) {
-            out.write_all(&raw)?;
-            out.write_all(b"\n")?;
-            raw.clear();
-            continue;
+    each_line(input, |text, out| {
+        if redactor.redact_json_line(text.as_bytes(), None, out) {
+            return Ok(());
         }
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(mut record) => {
                 redactor.redact_record(&mut record);
-                serde_json::to_writer(&mut out, &record)?;
+                serde_json::to_writer(out, &record)?;
             }
-            Err(_) => out.write_all(redactor.redact_text(text).as_bytes())?,
+            Err(_) => out.extend_from_slice(redactor.redact_text(text).as_bytes()),
         }
-        out.write_all(b"\n")?;
-    }
-    out.flush()
+        Ok(())
+    })
 }
 
 /// Every line parsed into a `Value` and written back, nothing redacted.
-fn round_trip(mut input: impl BufRead) -> io::Result<()> {
+fn round_trip(input: impl BufRead) -> io::Result<()> {
+    each_line(input, |text, out| {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(record) => serde_json::to_writer(out, &record)?,
+            Err(_) => out.extend_from_slice(text.as_bytes()),
+        }
+        Ok(())
+    })
+}
+
+/// Calls `f` with every non-empty line of `input` and a buffer for its
+/// output, and writes each output to stdout as one line.
+fn each_line(
+    mut input: impl BufRead,
+    mut f: impl FnMut(&str, &mut Vec<u8>) -> io::Result<()>,
+) -> io::Result<()> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut line = String::new();
+    let mut record = Vec::new();
     loop {
         line.clear();
         if input.read_line(&mut line)? == 0 {
@@ -95,10 +95,9 @@ fn round_trip(mut input: impl BufRead) -> io::Result<()> {
         if text.is_empty() {
             continue;
         }
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(record) => serde_json::to_writer(&mut out, &record)?,
-            Err(_) => out.write_all(text.as_bytes())?,
-        }
+        record.clear();
+        f(text, &mut record)?;
+        out.write_all(&record)?;
         out.write_all(b"\n")?;
     }
     out.flush()

@@ -34,6 +34,10 @@ pub mod log;
 
 pub use config::{Action, ConfigProblem, FieldConfig, RedactConfig};
 pub use engine::{Redactor, default_redactor};
+/// The end of a JSON number that serde_json certainly reads as a finite
+/// number, or `None` (see the line pass). Shared with the pipeline's line
+/// path, so both give up on the same numbers.
+pub use raw::number_end as json_number_end;
 /// The end of a run of plain JSON string bytes: the index of the first
 /// quote, backslash or control character at or after `i` (or the length),
 /// eight bytes at a time. Shared with the pipeline's line path.

@@ -418,46 +418,8 @@ impl<'a> Pass<'a, '_> {
         }
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, short enough that
-    /// serde_json certainly reads it as a finite number.
     fn number(&mut self) -> Step {
-        let start = self.pos;
-        let digits = |p: &mut Pass<'_, '_>| {
-            let from = p.pos;
-            while p.peek().is_some_and(|b| b.is_ascii_digit()) {
-                p.pos += 1;
-            }
-            p.pos - from
-        };
-        if self.peek() == Some(b'-') {
-            self.pos += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.pos += 1,
-            Some(b'1'..=b'9') => {
-                digits(self);
-            }
-            _ => return Err(GiveUp),
-        }
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            if digits(self) == 0 {
-                return Err(GiveUp);
-            }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.pos += 1;
-            }
-            let n = digits(self);
-            if n == 0 || n > 2 {
-                return Err(GiveUp);
-            }
-        }
-        if self.pos - start > MAX_NUMBER_LEN {
-            return Err(GiveUp);
-        }
+        self.pos = number_end(self.line, self.pos).ok_or(GiveUp)?;
         Ok(())
     }
 
@@ -492,6 +454,48 @@ impl<'a> Pass<'a, '_> {
             Ok(Cow::Borrowed(inner))
         }
     }
+}
+
+/// The end of the JSON number starting at `i`, when it is
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?` and short enough that
+/// serde_json certainly reads it as a finite number (at most
+/// `MAX_NUMBER_LEN` bytes, an exponent of at most two digits); `None`
+/// otherwise.
+pub fn number_end(b: &[u8], start: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = start;
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match b.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i + 1),
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i || end - i > 2 {
+            return None;
+        }
+        i = end;
+    }
+    (i - start <= MAX_NUMBER_LEN).then_some(i)
 }
 
 /// Index of the first byte at or after `i` that is a quote, a backslash or
