@@ -189,15 +189,21 @@ impl Engine {
         let line_offset = source.line_offset();
 
         clock.arm(startup, Budget::Startup);
+        // Hardening and building `ctx` run under the startup clock too: when
+        // it fires there (a chunk's last milliseconds), that is a timeout.
+        let setup_failed = |ctx: &Ctx<'_>, what: &str, e: rquickjs::Error| {
+            if clock.fired() {
+                StartError::Failed(timeout(&clock, limits))
+            } else {
+                fail(format!("{what}: {}", js_error_text(ctx, e)))
+            }
+        };
         let started = context.with(|ctx| -> Result<_, StartError> {
-            let finalize: Function = ctx.eval(HARDEN_JS).map_err(|e| {
-                fail(format!(
-                    "cannot harden the script engine: {}",
-                    js_error_text(&ctx, e)
-                ))
-            })?;
+            let finalize: Function = ctx
+                .eval(HARDEN_JS)
+                .map_err(|e| setup_failed(&ctx, "cannot harden the script engine", e))?;
             let ctx_object = host::build_ctx(&ctx, &host)
-                .map_err(|e| fail(format!("cannot build ctx: {}", js_error_text(&ctx, e))))?;
+                .map_err(|e| setup_failed(&ctx, "cannot build ctx", e))?;
 
             let mut options = EvalOptions::default();
             options.strict = true;

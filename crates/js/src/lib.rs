@@ -41,8 +41,8 @@ use sluice_core::ErrorCode;
 
 use engine::{Engine, Failure, Run, Source, StartError};
 pub use host::CTX_API_VERSION;
-use limits::Budget;
 pub use limits::ScriptLimits;
+use limits::{Budget, thread_cpu};
 
 /// What a script's source is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,8 +325,9 @@ impl Script {
                     text: &inner.source,
                     kind: inner.kind,
                 };
-                let budget_before = chunk_left;
-                let started = std::time::Instant::now();
+                // Measured in CPU time, as records are (two clock reads:
+                // starts are rare).
+                let cpu_before = thread_cpu();
                 let outcome = Engine::start(
                     &source,
                     limits,
@@ -334,8 +335,17 @@ impl Script {
                     chunk_left.unwrap_or(chunk),
                     false,
                 );
-                let spent = started.elapsed();
+                let mut spent = thread_cpu().saturating_sub(cpu_before);
+                let timed_out =
+                    matches!(&outcome, Err(StartError::Failed(f)) if f.limit == Some("timeout"));
+                let mut chunk_ran_out = false;
                 if let Some(left) = &mut chunk_left {
+                    // The startup clock was given what was left of the
+                    // chunk: when it fired, all of that is spent.
+                    if timed_out {
+                        spent = spent.max(*left);
+                    }
+                    chunk_ran_out = spent >= *left;
                     *left = left.saturating_sub(spent);
                     with_slot(inner, |slot| {
                         if let Some(used) = &mut slot.chunk_used {
@@ -345,13 +355,14 @@ impl Script {
                 }
                 match outcome {
                     Ok(engine) => engine,
-                    Err(StartError::Failed(f)) => return Err(failed(f)),
-                    // The chunk's budget ran out while the top level ran
+                    // The chunk's budget ran out while the engine started
                     // again: that is the chunk's timeout, not a script
                     // error (the same top level started fine before).
-                    Err(StartError::Problems(_))
-                        if budget_before.is_some_and(|left| spent >= left) =>
-                    {
+                    Err(StartError::Failed(_)) if timed_out && chunk_ran_out => {
+                        return Err(failed(Failure::chunk_spent(limits)));
+                    }
+                    Err(StartError::Failed(f)) => return Err(failed(f)),
+                    Err(StartError::Problems(_)) if chunk_ran_out => {
                         return Err(failed(Failure::chunk_spent(limits)));
                     }
                     Err(StartError::Problems(p)) => {
