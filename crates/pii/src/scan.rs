@@ -229,11 +229,12 @@ impl Literals {
         }
     }
 
-    /// The feature bits of the literals in `hay`. A walk is one chain of
+    /// The feature bits of the literals in `hay`, and the byte classes of
+    /// `hay` OR-ed together (see [`byte_table`]). A walk is one chain of
     /// dependent loads, so long haystacks are cut into four overlapping
     /// parts walked side by side.
-    fn find(&self, hay: &[u8]) -> u64 {
-        const LANES: usize = 4;
+    fn find(&self, hay: &[u8]) -> (u64, u16) {
+        static TABLE: [u16; 256] = byte_table();
         let step = |sid: &mut u32, f: &mut u64, b: u8| {
             *sid = self.trans[*sid as usize + usize::from(self.classes[usize::from(b)])];
             if *sid >= self.first_out {
@@ -241,24 +242,35 @@ impl Literals {
             }
         };
         let mut f = 0u64;
-        let part = hay.len() / LANES;
+        let mut acc = 0u16;
+        let part = hay.len() / 4;
         if part < 16 {
             let mut sid = 0;
             for &b in hay {
+                acc |= TABLE[usize::from(b)];
                 step(&mut sid, &mut f, b);
             }
-            return f;
+            return (f, acc);
         }
         // Lane k reads hay[k * part ..], and all but the last read on for
         // longest - 1 bytes, so a literal across a cut is found.
-        let mut sids = [0u32; LANES];
-        for i in 0..part {
-            for (k, sid) in sids.iter_mut().enumerate() {
-                step(sid, &mut f, hay[k * part + i]);
-            }
+        let (l0, rest) = hay.split_at(part);
+        let (l1, rest) = rest.split_at(part);
+        let (l2, l3) = rest.split_at(part);
+        let mut sids = [0u32; 4];
+        for (((&a, &b), &c), &d) in l0.iter().zip(l1).zip(l2).zip(l3) {
+            acc |= TABLE[usize::from(a)] | TABLE[usize::from(b)];
+            acc |= TABLE[usize::from(c)] | TABLE[usize::from(d)];
+            step(&mut sids[0], &mut f, a);
+            step(&mut sids[1], &mut f, b);
+            step(&mut sids[2], &mut f, c);
+            step(&mut sids[3], &mut f, d);
+        }
+        for b in &l3[part..] {
+            acc |= TABLE[usize::from(*b)];
         }
         for (k, sid) in sids.iter_mut().enumerate() {
-            let end = if k + 1 == LANES {
+            let end = if k == 3 {
                 hay.len()
             } else {
                 ((k + 1) * part + self.longest.saturating_sub(1)).min(hay.len())
@@ -267,7 +279,7 @@ impl Literals {
                 step(sid, &mut f, b);
             }
         }
-        f
+        (f, acc)
     }
 }
 
@@ -642,12 +654,13 @@ impl Scanner {
     /// Which needs `hay` satisfies: one table-driven pass for byte classes,
     /// then the rarer checks only when their bytes are present.
     fn features(&self, hay: &[u8]) -> u64 {
-        static TABLE: [u16; 256] = byte_table();
-        let mut acc: u16 = 0;
-        for &b in hay {
-            acc |= TABLE[usize::from(b)];
-        }
-        let mut f = self.literals.as_ref().map_or(0, |lits| lits.find(hay));
+        let (mut f, acc) = match &self.literals {
+            Some(lits) => lits.find(hay),
+            None => {
+                static TABLE: [u16; 256] = byte_table();
+                (0, hay.iter().fold(0, |acc, &b| acc | TABLE[usize::from(b)]))
+            }
+        };
         f |= u64::from(acc & 0xFF) << 8;
         if acc & CLASS_DIGIT != 0 {
             f |= F_DIGIT;
@@ -1081,7 +1094,8 @@ mod tests {
     }
 
     /// The literal automaton finds exactly the literals that occur, ASCII
-    /// case-insensitively, overlapping ones included.
+    /// case-insensitively, overlapping ones included, and every byte's
+    /// classes.
     #[test]
     fn literal_needs_match_a_plain_search() {
         static WORDS: [&str; 10] = [
@@ -1110,7 +1124,14 @@ mod tests {
                 .filter(|(l, _)| lower.contains(&l.to_ascii_lowercase()))
                 .fold(0, |acc, (_, bit)| acc | bit)
         };
-        let walk = |hay: &str| -> u64 { automaton.find(hay.as_bytes()) };
+        let walk = |hay: &str| -> u64 {
+            let (found, classes) = automaton.find(hay.as_bytes());
+            // The byte classes come out of the same walk.
+            let table = byte_table();
+            let plain_classes = hay.bytes().fold(0, |acc, b| acc | table[usize::from(b)]);
+            assert_eq!(classes, plain_classes, "{hay:?}");
+            found
+        };
         let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
             cases: 2000,
             ..Default::default()
