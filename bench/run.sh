@@ -97,6 +97,7 @@ jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.arg
 start_sluice() {
   local name="$1" cpus="$2" dir="$WORK/$1"
   mkdir -p "$dir"
+  sync  # whatever earlier workloads left is on disk before this one starts
   export SLUICE_DATA_DIR="$dir/data" SLUICE_LISTEN=127.0.0.1:0 SLUICE_LOG_LEVEL="warn,sluice_server=info"
   # The load generator polls the batch list a few times a second, which the
   # default management rate limit (per key and minute) would refuse; the
@@ -120,7 +121,13 @@ start_sluice() {
   [ -n "$port" ] || { echo "sluice did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
   BASE="http://127.0.0.1:$port/api/v1"
 }
-stop_sluice() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+# stop_sluice: stop the server and delete its data dir, so that the next
+# workload's fsyncs do not wait for this one's files to be written back.
+stop_sluice() {
+  kill -TERM "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  rm -rf "$SLUICE_DATA_DIR"
+}
 
 # pipeline JSON: create it; prints its id
 pipeline() {
@@ -173,6 +180,7 @@ sluice_run() {
 
 limit_run() {
   log "E: limit (one core), $RECORDS records"
+  sync
   local out="$WORK/limit.json"
   taskset -c "$SERVER_CPU" "$LIMIT" "$EVENTS" "$WORK/limit-out.ndjson" > "$out"
   rm -f "$WORK/limit-out.ndjson"
@@ -187,6 +195,7 @@ node_run() {
     echo "   (no Redis on 127.0.0.1:6379: the node peer is skipped)" >&2; return 0
   fi
   log "E: node peer (one core), $NODE_RECORDS records"
+  sync
   if [ ! -d "$dir/node_modules" ]; then
     # npm ci refuses this lock file on some npm versions (optional native
     # packages of other platforms); npm install with the lock installs the
@@ -215,6 +224,7 @@ node_run() {
   kill -TERM "$server" "$worker" 2>/dev/null || true
   wait "$server" "$worker" 2>/dev/null || true
   redis-cli -p 6379 --scan --pattern "bull:$queue:*" | xargs -r redis-cli -p 6379 del > /dev/null || true
+  rm -f "$nd/out.ndjson"
   row workload=E system="node 1 core" records="$(jget "$out" records)" records_per_sec="$(jget "$out" records_per_sec)" \
     mb_per_sec="$(jget "$out" mb_per_sec)" peak_rss_mb="$(echo "$peak" | awk '{printf "%.1f", $1/1024}')"
   cat "$out" >&2
@@ -241,6 +251,7 @@ latency_run() {
 
 upload_run() {
   log "M: one ${UPLOAD_GIB} GiB upload (bench/upload.sh)"
+  sync
   local out="$WORK/upload.txt"
   "$ROOT/bench/upload.sh" "$UPLOAD_GIB" | tee "$out" >&2
   python3 - "$out" >> "$ROWS" <<'PY'
