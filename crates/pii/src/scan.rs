@@ -230,11 +230,10 @@ impl Literals {
     }
 
     /// The feature bits of the literals in `hay`, and the byte classes of
-    /// `hay` OR-ed together (see [`byte_table`]). A walk is one chain of
+    /// `hay` OR-ed together (see [`BYTES`]). A walk is one chain of
     /// dependent loads, so long haystacks are cut into four overlapping
     /// parts walked side by side.
     fn find(&self, hay: &[u8]) -> (u64, u16) {
-        static TABLE: [u16; 256] = byte_table();
         let step = |sid: &mut u32, f: &mut u64, b: u8| {
             *sid = self.trans[*sid as usize + usize::from(self.classes[usize::from(b)])];
             if *sid >= self.first_out {
@@ -247,7 +246,7 @@ impl Literals {
         if part < 16 {
             let mut sid = 0;
             for &b in hay {
-                acc |= TABLE[usize::from(b)];
+                acc |= BYTES[usize::from(b)];
                 step(&mut sid, &mut f, b);
             }
             return (f, acc);
@@ -259,15 +258,15 @@ impl Literals {
         let (l2, l3) = rest.split_at(part);
         let mut sids = [0u32; 4];
         for (((&a, &b), &c), &d) in l0.iter().zip(l1).zip(l2).zip(l3) {
-            acc |= TABLE[usize::from(a)] | TABLE[usize::from(b)];
-            acc |= TABLE[usize::from(c)] | TABLE[usize::from(d)];
+            acc |= BYTES[usize::from(a)] | BYTES[usize::from(b)];
+            acc |= BYTES[usize::from(c)] | BYTES[usize::from(d)];
             step(&mut sids[0], &mut f, a);
             step(&mut sids[1], &mut f, b);
             step(&mut sids[2], &mut f, c);
             step(&mut sids[3], &mut f, d);
         }
         for b in &l3[part..] {
-            acc |= TABLE[usize::from(*b)];
+            acc |= BYTES[usize::from(*b)];
         }
         for (k, sid) in sids.iter_mut().enumerate() {
             let end = if k == 3 {
@@ -344,6 +343,8 @@ const CLASS_CAP: u16 = 1 << 11;
 
 /// Per byte: the one-byte-literal bit index (low 8 bits, see `byte_bit`)
 /// and character classes.
+static BYTES: [u16; 256] = byte_table();
+
 const fn byte_table() -> [u16; 256] {
     let mut t = [0u16; 256];
     let mut i = 0;
@@ -382,12 +383,11 @@ const fn byte_table() -> [u16; 256] {
 /// Whether two words starting with a capital letter (or a non-ASCII
 /// letter) are at most one word apart.
 fn cap_pair(hay: &[u8]) -> bool {
-    static TABLE: [u16; 256] = byte_table();
     let mut prev: u16 = CLASS_SEP;
     // Word starts since the last capitalised word start.
     let mut since_cap = u32::MAX;
     for &b in hay {
-        let c = TABLE[b as usize];
+        let c = BYTES[b as usize];
         if prev & CLASS_SEP != 0 && c & CLASS_SEP == 0 {
             if c & CLASS_CAP != 0 {
                 if since_cap <= 2 {
@@ -651,15 +651,12 @@ impl Scanner {
         }
     }
 
-    /// Which needs `hay` satisfies: one table-driven pass for byte classes,
-    /// then the rarer checks only when their bytes are present.
+    /// Which needs `hay` satisfies: one pass for the literals and the byte
+    /// classes, then the rarer checks only when their bytes are present.
     fn features(&self, hay: &[u8]) -> u64 {
         let (mut f, acc) = match &self.literals {
             Some(lits) => lits.find(hay),
-            None => {
-                static TABLE: [u16; 256] = byte_table();
-                (0, hay.iter().fold(0, |acc, &b| acc | TABLE[usize::from(b)]))
-            }
+            None => (0, hay.iter().fold(0, |acc, &b| acc | BYTES[usize::from(b)])),
         };
         f |= u64::from(acc & 0xFF) << 8;
         if acc & CLASS_DIGIT != 0 {
@@ -1127,8 +1124,7 @@ mod tests {
         let walk = |hay: &str| -> u64 {
             let (found, classes) = automaton.find(hay.as_bytes());
             // The byte classes come out of the same walk.
-            let table = byte_table();
-            let plain_classes = hay.bytes().fold(0, |acc, b| acc | table[usize::from(b)]);
+            let plain_classes = hay.bytes().fold(0, |acc, b| acc | BYTES[usize::from(b)]);
             assert_eq!(classes, plain_classes, "{hay:?}");
             found
         };
