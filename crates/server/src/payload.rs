@@ -501,9 +501,9 @@ impl PayloadWriter {
 const READ_BYTES: u64 = 1 << 20;
 
 /// The bytes of a payload. `GetResult::into_stream` reads a local file
-/// 8 KiB per blocking task: some 60 hand-offs between threads for a batch
-/// of 1,000 events, which cost more CPU than the reading itself when the
-/// server runs on two cores. A local file is read here a MiB at a time.
+/// 8 KiB per blocking task: some 60 wake-ups of another thread for a batch
+/// of 1,000 events, which on two cores showed up as scheduler time. A
+/// local file is read here a MiB at a time (see docs/performance.md).
 fn byte_stream(result: GetResult) -> BoxStream<'static, anyhow::Result<Bytes>> {
     let GetResult { payload, range, .. } = result;
     match payload {
