@@ -70,14 +70,8 @@ pub(crate) fn members(line: &[u8]) -> Option<Vec<Member<'_>>> {
                 key,
                 value: Cow::Borrowed(&text[start..s.pos]),
             });
-            s.skip_ws();
-            match s.peek() {
-                Some(b',') => s.pos += 1,
-                Some(b'}') => {
-                    s.pos += 1;
-                    break;
-                }
-                _ => return None,
+            if s.next_or_close(b'}')? {
+                break;
             }
         }
     }
@@ -158,6 +152,23 @@ impl<'a> Scan<'a> {
     fn expect(&mut self, b: u8) -> Option<()> {
         self.skip_ws();
         (self.peek() == Some(b)).then(|| self.pos += 1)
+    }
+
+    /// After a member or element: past a comma (false) or past `close`
+    /// (true); anything else is refused.
+    fn next_or_close(&mut self, close: u8) -> Option<bool> {
+        self.skip_ws();
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Some(false)
+            }
+            Some(c) if c == close => {
+                self.pos += 1;
+                Some(true)
+            }
+            _ => None,
+        }
     }
 
     fn value(&mut self) -> Option<()> {
@@ -263,14 +274,8 @@ impl<'a> Scan<'a> {
                 self.expect(b':')?;
                 self.skip_ws();
                 self.value()?;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => self.pos += 1,
-                    Some(b'}') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return None,
+                if self.next_or_close(b'}')? {
+                    break;
                 }
             }
         }
@@ -292,14 +297,8 @@ impl<'a> Scan<'a> {
             loop {
                 self.skip_ws();
                 self.value()?;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => self.pos += 1,
-                    Some(b']') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return None,
+                if self.next_or_close(b']')? {
+                    break;
                 }
             }
         }

@@ -237,6 +237,23 @@ impl<'a> Pass<'a, '_> {
         }
     }
 
+    /// After a member or element: past a comma (false) or past `close`
+    /// (true); anything else gives up.
+    fn next_or_close(&mut self, close: u8) -> Step<bool> {
+        self.skip_ws();
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.pos += 1;
+                Ok(true)
+            }
+            _ => Err(GiveUp),
+        }
+    }
+
     fn copy_to(&mut self, end: usize) {
         if end > self.copied {
             self.out.extend_from_slice(&self.line[self.copied..end]);
@@ -334,14 +351,8 @@ impl<'a> Pass<'a, '_> {
                     self.path_len -= 1;
                 }
                 members += 1;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => self.pos += 1,
-                    Some(b'}') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return Err(GiveUp),
+                if self.next_or_close(b'}')? {
+                    break;
                 }
             }
         }
@@ -394,14 +405,8 @@ impl<'a> Pass<'a, '_> {
                     self.path_len -= 1;
                 }
                 index += 1;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => self.pos += 1,
-                    Some(b']') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return Err(GiveUp),
+                if self.next_or_close(b']')? {
+                    break;
                 }
             }
         }
