@@ -509,32 +509,29 @@ fn byte_stream(result: GetResult) -> BoxStream<'static, anyhow::Result<Bytes>> {
     match payload {
         GetResultPayload::File(file, path) => {
             let start = range.start;
-            let state = (file, range.end - range.start, start != 0);
-            futures::stream::try_unfold(state, move |(mut file, left, seek)| {
-                let path = path.clone();
-                async move {
-                    if left == 0 {
-                        return Ok(None);
-                    }
-                    tokio::task::spawn_blocking(move || {
-                        if seek {
-                            file.seek(SeekFrom::Start(start))
-                                .with_context(|| format!("seeking in {}", path.display()))?;
-                        }
-                        let want = left.min(READ_BYTES);
-                        let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-                        (&mut file)
-                            .take(want)
-                            .read_to_end(&mut buf)
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        if (buf.len() as u64) < want {
-                            anyhow::bail!("{} ended before its recorded size", path.display());
-                        }
-                        Ok(Some((Bytes::from(buf), (file, left - want, false))))
-                    })
-                    .await
-                    .context("joining a payload read")?
+            let state = (file, path, range.end - range.start, start != 0);
+            futures::stream::try_unfold(state, move |(mut file, path, left, seek)| async move {
+                if left == 0 {
+                    return Ok(None);
                 }
+                tokio::task::spawn_blocking(move || {
+                    if seek {
+                        file.seek(SeekFrom::Start(start))
+                            .with_context(|| format!("seeking in {}", path.display()))?;
+                    }
+                    let want = left.min(READ_BYTES);
+                    let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+                    (&mut file)
+                        .take(want)
+                        .read_to_end(&mut buf)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    if (buf.len() as u64) < want {
+                        anyhow::bail!("{} ended before its recorded size", path.display());
+                    }
+                    Ok(Some((Bytes::from(buf), (file, path, left - want, false))))
+                })
+                .await
+                .context("joining a payload read")?
             })
             .boxed()
         }
