@@ -19,7 +19,7 @@ use regex_automata::meta::Regex;
 use regex_automata::nfa::thompson::backtrack::{self, BoundedBacktracker};
 use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, PatternID};
+use regex_automata::{Anchored, Input, Match, MatchError, PatternID};
 
 use crate::rules::{self, DetectorSpec, GroupSpec, RulesError};
 use crate::split::{Split, SplitCache};
@@ -82,9 +82,12 @@ struct Context {
 
 impl Context {
     fn is_match(&self, cache: &mut hybrid::regex::Cache, window: &[u8]) -> bool {
+        // Whether there is a match, not where: the forward automaton alone.
+        let fwd = cache.as_parts_mut().0;
         match self
             .dfa
-            .try_search(cache, &Input::new(window).earliest(true))
+            .forward()
+            .try_search_fwd(fwd, &Input::new(window).earliest(true))
         {
             Ok(m) => m.is_some(),
             Err(_) => self.fallback.get().is_some_and(|r| r.is_match(window)),
@@ -293,6 +296,48 @@ struct Group {
     all: hybrid::dfa::DFA,
     /// Same patterns, used if an automaton ever gives up on an input.
     fallback: OnDemand,
+}
+
+impl Group {
+    /// The leftmost-first match in `input`, as `hybrid::regex::Regex::try_search`
+    /// finds it (the forward automaton finds its end, the reverse one its
+    /// start), but with the reverse search anchored to the pattern that
+    /// matched. The reverse automaton then follows that one pattern back
+    /// from the end instead of every pattern of the group, which could go
+    /// on far past the start. The start is the same: a match of any pattern
+    /// starting further left would have been the leftmost match. Falls back
+    /// to a meta regex if an automaton gives up.
+    fn find(&self, cache: &mut hybrid::regex::Cache, input: &Input<'_>) -> Option<Match> {
+        self.try_find(cache, input)
+            .unwrap_or_else(|_| self.fallback.get().and_then(|r| r.search(input)))
+    }
+
+    fn try_find(
+        &self,
+        cache: &mut hybrid::regex::Cache,
+        input: &Input<'_>,
+    ) -> Result<Option<Match>, MatchError> {
+        let (fwd, rev) = cache.as_parts_mut();
+        let Some(end) = self.dfa.forward().try_search_fwd(fwd, input)? else {
+            return Ok(None);
+        };
+        if input.start() == end.offset() || input.get_anchored().is_anchored() {
+            return Ok(Some(Match::new(end.pattern(), input.start()..end.offset())));
+        }
+        let back = input
+            .clone()
+            .span(input.start()..end.offset())
+            .anchored(Anchored::Pattern(end.pattern()))
+            .earliest(false);
+        match self.dfa.reverse().try_search_rev(rev, &back)? {
+            Some(start) => Ok(Some(Match::new(
+                end.pattern(),
+                start.offset()..end.offset(),
+            ))),
+            // Cannot happen: the forward match is a match of that pattern.
+            None => Err(MatchError::gave_up(end.offset())),
+        }
+    }
 }
 
 /// Lazy DFA caches for every group; one per thread at a time.
@@ -732,12 +777,7 @@ impl Scanner {
         hay: &[u8],
         out: &mut Vec<Candidate>,
     ) {
-        let search = |cache: &mut hybrid::regex::Cache, input: &Input<'_>| {
-            group
-                .dfa
-                .try_search(cache, input)
-                .unwrap_or_else(|_| group.fallback.get().and_then(|r| r.search(input)))
-        };
+        let search = |cache: &mut hybrid::regex::Cache, input: &Input<'_>| group.find(cache, input);
         let mut pos = 0;
         while pos < hay.len() {
             let input = Input::new(hay).range(pos..);
@@ -1069,6 +1109,58 @@ mod tests {
         ] {
             assert_eq!(found(&s, text), [], "{text}");
         }
+    }
+
+    #[test]
+    fn group_find_matches_try_search() {
+        // The pattern-anchored reverse search finds the same matches as the
+        // regex's own, at every start position, on texts where the patterns
+        // of a group overlap (long alphanumeric and digit runs before and
+        // around the matches).
+        let s = scanner();
+        let vectors: serde_json::Value = serde_json::from_str(crate::VECTORS_JSON).unwrap();
+        let mut texts: Vec<String> = Vec::new();
+        let mut strings = |v: &serde_json::Value| {
+            fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+                match v {
+                    serde_json::Value::String(t) => out.push(t.clone()),
+                    serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                    serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
+                    _ => {}
+                }
+            }
+            walk(v, &mut texts);
+        };
+        strings(&vectors);
+        texts.extend(
+            [
+                "GB82WEST12345698765432 then 4111 1111 1111 1111 and +44 20 7946 0958",
+                "ABCD1234EF5678 555-867-5309 DE89370400440532013000 2001:db8::1",
+                "x9f3a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5 123-45-6789",
+                "Flat 3 12 High Street, Musterstraße 12, 1600 Pennsylvania Avenue NW",
+                "mail: a.b-c+d@example.co.uk, postgres://u:p@h:5432/db?api_key=abc123",
+            ]
+            .map(String::from),
+        );
+        let mut cache = s.create_cache();
+        let mut reference = s.create_cache();
+        let mut compared = 0;
+        for text in &texts {
+            let hay = text.as_bytes();
+            for (gi, group) in s.groups.iter().enumerate() {
+                for pos in 0..hay.len() {
+                    let input = Input::new(hay).range(pos..);
+                    let ours = group.find(&mut cache.groups[gi], &input);
+                    let theirs = group
+                        .dfa
+                        .try_search(&mut reference.groups[gi], &input)
+                        .unwrap();
+                    assert_eq!(ours, theirs, "group {gi} at {pos} of {text:?}");
+                    compared += usize::from(ours.is_some());
+                }
+            }
+        }
+        assert!(compared > 1000, "only {compared} matches compared");
     }
 
     #[test]
