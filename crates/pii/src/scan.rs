@@ -73,21 +73,19 @@ impl OnDemand {
     }
 }
 
-/// A context pattern: a lazy DFA (its cache lives in [`ScanCache`]) and the
-/// same pattern as a fallback.
+/// A context pattern: a forward lazy DFA (only whether the window matches
+/// is asked, never where; its cache lives in [`ScanCache`]) and the same
+/// pattern as a fallback.
 struct Context {
-    dfa: hybrid::regex::Regex,
+    dfa: hybrid::dfa::DFA,
     fallback: OnDemand,
 }
 
 impl Context {
-    fn is_match(&self, cache: &mut hybrid::regex::Cache, window: &[u8]) -> bool {
-        // Whether there is a match, not where: the forward automaton alone.
-        let fwd = cache.as_parts_mut().0;
+    fn is_match(&self, cache: &mut hybrid::dfa::Cache, window: &[u8]) -> bool {
         match self
             .dfa
-            .forward()
-            .try_search_fwd(fwd, &Input::new(window).earliest(true))
+            .try_search_fwd(cache, &Input::new(window).earliest(true))
         {
             Ok(m) => m.is_some(),
             Err(_) => self.fallback.get().is_some_and(|r| r.is_match(window)),
@@ -345,7 +343,7 @@ pub(crate) struct ScanCache {
     groups: Vec<hybrid::regex::Cache>,
     /// For each group's `all` automaton, and the patterns it found.
     alls: Vec<(hybrid::dfa::Cache, regex_automata::PatternSet)>,
-    contexts: Vec<hybrid::regex::Cache>,
+    contexts: Vec<hybrid::dfa::Cache>,
     /// Backtracker cache and captures per detector (only for detectors
     /// with a `capture`).
     captures: Vec<Option<(backtrack::Cache, Captures)>>,
@@ -355,7 +353,7 @@ pub(crate) struct ScanCache {
 
 /// The per-call caches `accept` needs besides the group's own.
 struct Side<'a> {
-    contexts: &'a mut [hybrid::regex::Cache],
+    contexts: &'a mut [hybrid::dfa::Cache],
     captures: &'a mut [Option<(backtrack::Cache, Captures)>],
     splits: &'a mut [Option<SplitCache>],
 }
@@ -475,9 +473,9 @@ fn compile_context(
     let Some(p) = pattern else { return Ok(None) };
     let ci = rules::case_insensitive(&spec.flags_context).map_err(err)?;
     let t = rules::translate(p, ci).map_err(err)?;
-    let dfa = hybrid::regex::Regex::builder()
+    let dfa = hybrid::dfa::DFA::builder()
         .syntax(syntax::Config::new().utf8(false))
-        .dfa(hybrid::dfa::Config::new().minimum_cache_clear_count(None))
+        .configure(hybrid::dfa::Config::new().minimum_cache_clear_count(None))
         .build(&t)
         .map_err(|e| err(format!("context pattern: {e}")))?;
     Ok(Some(Context {
@@ -777,11 +775,10 @@ impl Scanner {
         hay: &[u8],
         out: &mut Vec<Candidate>,
     ) {
-        let search = |cache: &mut hybrid::regex::Cache, input: &Input<'_>| group.find(cache, input);
         let mut pos = 0;
         while pos < hay.len() {
             let input = Input::new(hay).range(pos..);
-            let found = search(cache, &input);
+            let found = group.find(cache, &input);
             let Some(m) = found else { break };
             let (s, e) = (m.start(), m.end());
             let order = group.detectors[m.pattern().as_usize()];
@@ -811,7 +808,7 @@ impl Scanner {
                 let anchored = Input::new(hay)
                     .range(s..)
                     .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
-                let m2 = search(cache, &anchored);
+                let m2 = group.find(cache, &anchored);
                 if let Some(m2) = m2
                     && let Some(span) = self.accept(other, hay, s, m2.end(), side)
                 {
@@ -1119,19 +1116,16 @@ mod tests {
         // around the matches).
         let s = scanner();
         let vectors: serde_json::Value = serde_json::from_str(crate::VECTORS_JSON).unwrap();
-        let mut texts: Vec<String> = Vec::new();
-        let mut strings = |v: &serde_json::Value| {
-            fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-                match v {
-                    serde_json::Value::String(t) => out.push(t.clone()),
-                    serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-                    serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
-                    _ => {}
-                }
+        fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::String(t) => out.push(t.clone()),
+                serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+                serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+                _ => {}
             }
-            walk(v, &mut texts);
-        };
-        strings(&vectors);
+        }
+        let mut texts: Vec<String> = Vec::new();
+        strings(&vectors, &mut texts);
         texts.extend(
             [
                 "GB82WEST12345698765432 then 4111 1111 1111 1111 and +44 20 7946 0958",
