@@ -864,10 +864,10 @@ impl Scanner {
         if d.boundary && (touches_alnum_before(hay, s) || touches_alnum_after(hay, e)) {
             return None;
         }
-        // Nothing glued to a token this engine wrote is a new finding: the
-        // text next to it was judged with its original neighbour, and
-        // redacting twice must change nothing.
-        if joined_to_token(hay, s, e) {
+        // Nothing glued to a token this engine wrote, or spanning one, is
+        // a new finding: the text next to it was judged with its original
+        // neighbour, and redacting twice must change nothing.
+        if joined_to_token(hay, s, e) || spans_token(hay, s, e) {
             return None;
         }
         let (gs, ge) = if d.group == 0 {
@@ -929,6 +929,15 @@ fn joined_to_token(hay: &[u8], s: usize, e: usize) -> bool {
         || token_starts_at(hay, e)
         || (s > 0 && joiner(hay[s - 1]) && token_ends_at(hay, s - 1))
         || (hay.get(e).copied().is_some_and(joiner) && token_starts_at(hay, e + 1))
+}
+
+/// Whether a token this engine wrote starts inside `hay[s..e]`. Such a
+/// match runs over replaced text that was not there when the original was
+/// judged: "postgres://u:+24-01-20 22:x@h" has no credentials (a password
+/// has no spaces), but with the phone number a token, "u:[PHONE]:x@"
+/// would look like some.
+fn spans_token(hay: &[u8], s: usize, e: usize) -> bool {
+    memchr::memchr_iter(b'[', &hay[s..e]).any(|i| token_starts_at(hay, s + i))
 }
 
 /// Index of the next UTF-8 character start after `i`.
