@@ -1279,6 +1279,19 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_a_trimmed_match_is_still_searched() {
+        // Found by the `detect` fuzz target: the IBAN pattern matched on to
+        // "... 9445 1", its validator kept "IE27 IBAN IE27 SXSA", and the
+        // search went on after the whole match, past the start of
+        // "1.9.1.20"; the second pass found that address.
+        let r = redactor(json!({}));
+        let text = "1My IBAN IE27 IBAN IE27 SXSA 9445 1.9.1.20) Gecko";
+        let once = r.redact_text(text).into_owned();
+        assert_eq!(once, "1My IBAN [IBAN] 9445 [IPV4]) Gecko");
+        assert_eq!(r.redact_text(&once), once);
+    }
+
+    #[test]
     fn actions() {
         let r = redactor(json!({
             "actions": {"CREDIT_CARD": "partial", "EMAIL": "hash", "PHONE": "remove"},

@@ -9,7 +9,9 @@
 //! match), context patterns and the named validator. When a candidate is
 //! rejected the other patterns are tried anchored at the same position, and
 //! the search resumes one character further, so a rejected look-alike never
-//! hides a real match that starts inside it.
+//! hides a real match that starts inside it. After an accepted candidate it
+//! resumes where the redacted part ends, which is before the match's end
+//! when a validator keeps only a prefix or a group is redacted.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -788,7 +790,7 @@ impl Scanner {
                     match_start: s,
                     order,
                 });
-                pos = e.max(s + 1);
+                pos = span.end.max(s + 1);
                 continue;
             }
             // Rejected: another pattern of the group may match at the same
@@ -817,7 +819,7 @@ impl Scanner {
                         match_start: s,
                         order: other,
                     });
-                    pos = m2.end().max(s + 1);
+                    pos = span.end.max(s + 1);
                     retried = true;
                     break;
                 }
