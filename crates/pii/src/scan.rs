@@ -351,6 +351,9 @@ pub(crate) struct ScanCache {
     captures: Vec<Option<(backtrack::Cache, Captures)>>,
     splits: Vec<Option<SplitCache>>,
     candidates: Vec<Candidate>,
+    /// Set when [`Scanner::scan`] drops a candidate that overlaps one it
+    /// kept (the caller clears it).
+    pub(crate) overlapped: bool,
 }
 
 /// The per-call caches `accept` needs besides the group's own.
@@ -693,6 +696,7 @@ impl Scanner {
                 .map(|d| d.split.as_ref().map(Split::create_cache))
                 .collect(),
             candidates: Vec::new(),
+            overlapped: false,
         }
     }
 
@@ -759,7 +763,9 @@ impl Scanner {
             let overlaps = out[first..]
                 .iter()
                 .any(|s| s.start < c.span.end && c.span.start < s.end);
-            if !overlaps {
+            if overlaps {
+                cache.overlapped = true;
+            } else {
                 out.push(c.span);
             }
         }
