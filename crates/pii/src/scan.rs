@@ -352,7 +352,7 @@ pub(crate) struct ScanCache {
     splits: Vec<Option<SplitCache>>,
     candidates: Vec<Candidate>,
     /// Set when [`Scanner::scan`] drops a candidate that overlaps one it
-    /// kept (the caller clears it).
+    /// kept and is not inside it (the caller clears it).
     pub(crate) overlapped: bool,
 }
 
@@ -760,13 +760,19 @@ impl Scanner {
         candidates.sort_by_key(|c| (c.match_start, c.order));
         let first = out.len();
         for c in &candidates {
-            let overlaps = out[first..]
-                .iter()
-                .any(|s| s.start < c.span.end && c.span.start < s.end);
-            if overlaps {
-                cache.overlapped = true;
-            } else {
+            let mut overlaps = false;
+            let mut inside = false;
+            for s in &out[first..] {
+                if s.start < c.span.end && c.span.start < s.end {
+                    overlaps = true;
+                    inside |= s.start <= c.span.start && c.span.end <= s.end;
+                }
+            }
+            if !overlaps {
                 out.push(c.span);
+            } else if !inside {
+                // Part of it is left once the kept span is a token.
+                cache.overlapped = true;
             }
         }
         out[first..].sort_by_key(|s| s.start);
