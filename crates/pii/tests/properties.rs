@@ -21,13 +21,27 @@ const PLANTED: &[&str] = &[
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX2hlcmU",
 ];
 
+/// Words that, right before a dotted number, say it is a version and not
+/// an IPv4 address (the `ipv4` detector's `deny_before`): "v 191.112.33.56"
+/// is kept by design, so the filler never ends with one.
+const VERSION_CUES: &[&str] = &[
+    "version", "ver", "build", "release", "rv", "v", "firmware", "chrome", "firefox", "safari",
+    "opera", "android", "os", "ios", "macos",
+];
+
+fn word(pattern: &'static str) -> impl Strategy<Value = String> {
+    pattern.prop_filter("a version cue", |w| {
+        !VERSION_CUES.contains(&w.to_ascii_lowercase().as_str())
+    })
+}
+
 /// Free text around planted values: words, ids and punctuation that must
 /// not merge with them (a space separates them from their neighbours).
 fn filler() -> impl Strategy<Value = String> {
     prop::collection::vec(
         prop_oneof![
-            "[a-z]{1,8}",
-            "[A-Z][a-z]{2,7}",
+            word("[a-z]{1,8}"),
+            word("[A-Z][a-z]{2,7}"),
             "[0-9]{1,6}",
             Just("order".to_string()),
             Just("id=42".to_string()),
