@@ -1312,6 +1312,36 @@ mod tests {
     }
 
     #[test]
+    fn a_name_after_a_joiner_is_found_in_the_first_pass() {
+        // Found by the `detect` fuzz target: the cheap check that two
+        // capitalised words are near each other did not count "Ja" in
+        // "-Ja" as a word, so the name finder did not run, until a token's
+        // capitals made the check pass in the second pass.
+        let r = redactor(json!({}));
+        for text in [
+            "x -Ja Sa d7:8::e12d ",
+            "x ’Ja Sa d7:8::e12d ",
+            "x 'Ja Sa d7:8::e12d ",
+        ] {
+            let once = r.redact_text(text).into_owned();
+            assert_eq!(r.redact_text(&once), once, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_word_cut_by_a_finding_is_judged_as_it_will_be_left() {
+        // Found by the `detect` fuzz target: "Eleni-S-Ring" was one word
+        // touching the street address "Ring 2", so not a name; once the
+        // street was a token, "Eleni-S" was, and the second pass found
+        // "Goffredo Eleni-S".
+        let r = redactor(json!({}));
+        let text = "succeeded: customer=Goffredo Eleni-S-Ring 2.135.arge";
+        let once = r.redact_text(text).into_owned();
+        assert!(once.contains("[STREET_ADDRESS]"), "{once}");
+        assert_eq!(r.redact_text(&once), once);
+    }
+
+    #[test]
     fn actions() {
         let r = redactor(json!({
             "actions": {"CREDIT_CARD": "partial", "EMAIL": "hash", "PHONE": "remove"},

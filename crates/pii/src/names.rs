@@ -177,18 +177,24 @@ impl PersonFinder {
         if memchr::memchr(b' ', bytes).is_none() {
             return;
         }
-        let PersonScratch { bufs, tokens, run } = scratch;
+        let PersonScratch {
+            bufs,
+            tokens,
+            run,
+            cut,
+        } = scratch;
         tokenize(text, tokens);
+        // Text already inside a finding cannot be part of a name. The words
+        // are cut where findings start and end, and judged as they will be
+        // once the findings are tokens (so a second pass finds nothing
+        // new): "Eleni-S-Ring 2" with "Ring 2" a street is the word
+        // "Eleni-S", which "[STREET_ADDRESS]" will leave standing.
+        if !taken.is_empty() {
+            cut_at(text, tokens, taken, cut);
+            std::mem::swap(tokens, cut);
+        }
         if tokens.len() < 2 {
             return;
-        }
-        // Words already inside a finding cannot be part of a name; the rest
-        // of the run is judged on its own, as it would be once the finding
-        // is replaced (so a second pass finds nothing new).
-        for t in tokens.iter_mut() {
-            if taken.iter().any(|s| s.start < t.end && t.start < s.end) {
-                t.cap = false;
-            }
         }
         let mut i = 0;
         while i < tokens.len() {
@@ -340,6 +346,7 @@ pub(crate) struct PersonScratch {
     bufs: Bufs,
     tokens: Vec<Token>,
     run: Vec<usize>,
+    cut: Vec<Token>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +419,78 @@ fn tokenize(text: &str, out: &mut Vec<Token>) {
     }
 }
 
+/// The words of `tokens` as they will be once the `taken` spans (sorted,
+/// not overlapping) are a finding's tokens, into `out` (cleared first): a
+/// word is cut where a span starts and ends, a part loses the joiners at a
+/// cut, and a finding next to a word glues to nothing.
+fn cut_at(text: &str, tokens: &[Token], taken: &[Span], out: &mut Vec<Token>) {
+    out.clear();
+    for t in tokens {
+        let touches = |s: &&Span| s.start <= t.end && t.start <= s.end;
+        if !taken.iter().any(|s| touches(&s)) {
+            out.push(*t);
+            continue;
+        }
+        let mut from = t.start;
+        let mut cut_before = taken.iter().any(|s| s.end == t.start);
+        for s in taken.iter().filter(touches) {
+            if s.start >= from && s.start <= t.end {
+                out.extend(piece(text, from, s.start, cut_before, true));
+            }
+            if s.end > from {
+                from = s.end;
+                cut_before = true;
+            }
+        }
+        if from < t.end {
+            out.extend(piece(text, from, t.end, cut_before, false));
+        }
+    }
+}
+
+/// The word `text[start..end]`, without the joiners at a cut end, judged
+/// like [`make_token`] but with nothing glued at a cut end.
+fn piece(text: &str, start: usize, end: usize, cut_before: bool, cut_after: bool) -> Option<Token> {
+    let is_joiner = |c: char| matches!(c, '\'' | '-' | '’');
+    let raw = text.get(start..end)?;
+    let lead = if cut_before {
+        raw.len() - raw.trim_start_matches(is_joiner).len()
+    } else {
+        0
+    };
+    let word = &raw[lead..];
+    let word = if cut_after {
+        word.trim_end_matches(is_joiner)
+    } else {
+        word
+    };
+    if word.is_empty() {
+        return None;
+    }
+    let (a, b) = (start + lead, start + lead + word.len());
+    let bytes = text.as_bytes();
+    let glued = (!(cut_before && a == start) && glued_before(bytes, a))
+        || (!(cut_after && b == end) && glued_after(bytes, b));
+    let upper = word.chars().next().is_some_and(char::is_uppercase);
+    Some(Token {
+        start: a,
+        end: b,
+        cap: upper && !glued && name_shaped(word),
+    })
+}
+
+fn glued_before(bytes: &[u8], start: usize) -> bool {
+    start > 0
+        && (bytes[start - 1].is_ascii_digit()
+            || matches!(bytes[start - 1], b'@' | b'/' | b'_' | b'.' | b'\\'))
+}
+
+fn glued_after(bytes: &[u8], end: usize) -> bool {
+    bytes
+        .get(end)
+        .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'@' | b'/' | b'_' | b'\\'))
+}
+
 fn make_token(text: &str, start: usize, end: usize) -> Token {
     let bytes = text.as_bytes();
     let word = &text[start..end];
@@ -430,16 +509,10 @@ fn make_token(text: &str, start: usize, end: usize) -> Token {
     // A word glued to digits or '@', '.', '/', '_' on either side is part of
     // an identifier, a path or an address, not a name. (Bytes of non-ASCII
     // characters are never among these.)
-    let glued_before = start > 0
-        && (bytes[start - 1].is_ascii_digit()
-            || matches!(bytes[start - 1], b'@' | b'/' | b'_' | b'.' | b'\\'));
-    let glued_after = bytes
-        .get(end)
-        .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'@' | b'/' | b'_' | b'\\'));
     Token {
         start,
         end,
-        cap: !glued_before && !glued_after && name_shaped(word),
+        cap: !glued_before(bytes, start) && !glued_after(bytes, end) && name_shaped(word),
     }
 }
 

@@ -434,9 +434,16 @@ fn cap_pair(hay: &[u8]) -> bool {
     let mut prev: u16 = CLASS_SEP;
     // Word starts since the last capitalised word start.
     let mut since_cap = u32::MAX;
-    for &b in hay {
+    for (i, &b) in hay.iter().enumerate() {
         let c = BYTES[b as usize];
-        if prev & CLASS_SEP != 0 && c & CLASS_SEP == 0 {
+        // The name finder's words may also start after a joiner ("-Ja",
+        // "'Ja", "’Ja": one that begins a word is not part of it). Counting
+        // every capital after one as a word start can only say yes more
+        // often, which keeps this a precondition.
+        let after_joiner = c & CLASS_CAP != 0
+            && i > 0
+            && (matches!(hay[i - 1], b'-' | b'\'') || hay[..i].ends_with("’".as_bytes()));
+        if (prev & CLASS_SEP != 0 && c & CLASS_SEP == 0) || after_joiner {
             if c & CLASS_CAP != 0 {
                 if since_cap <= 2 {
                     return true;
