@@ -1342,6 +1342,18 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_no_context_cue_even_before_another_bracket() {
+        // Found by the `detect` fuzz target: only the last ']' before a
+        // match was checked for a token, so in "[PHONE]]02222024" the
+        // token's "PHONE" was the cue a bare number needs.
+        let r = redactor(json!({}));
+        let text = "q@~ +22222222]02222024";
+        let once = r.redact_text(text).into_owned();
+        assert_eq!(once, "q@~ [PHONE]]02222024");
+        assert_eq!(r.redact_text(&once), once);
+    }
+
+    #[test]
     fn actions() {
         let r = redactor(json!({
             "actions": {"CREDIT_CARD": "partial", "EMAIL": "hash", "PHONE": "remove"},

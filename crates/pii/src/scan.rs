@@ -863,10 +863,11 @@ impl Scanner {
         let d = self.detectors.get(i)?;
         if d.require_before.is_some() || d.deny_before.is_some() {
             // The context window, cut after the last token this engine
-            // wrote: "[PHONE]" is not a phone keyword.
+            // wrote: "[PHONE]" is not a phone keyword, even with another
+            // ']' after it.
             let mut from = s.saturating_sub(CONTEXT_BYTES);
-            if let Some(p) = memchr::memrchr(b']', &hay[from..s])
-                && token_ends_at(hay, from + p + 1)
+            if let Some(p) = memchr::memrchr_iter(b']', &hay[from..s])
+                .find(|&p| token_ends_at(hay, from + p + 1))
             {
                 from += p + 1;
             }
