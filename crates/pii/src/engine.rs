@@ -801,18 +801,19 @@ impl Redactor {
     fn redact_free(&self, s: &str, exempt: u32, w: &mut Work) -> Option<String> {
         w.cache.overlapped = false;
         let mut out = self.redact_pass(s, exempt, w)?;
-        // Redacting the output again must change nothing. Two kinds of
-        // string can leave the second pass something new, and are redacted
-        // until they stop changing:
-        // - one where a candidate was dropped for overlapping a finding:
-        //   once the finding is a token, the part of the candidate outside
-        //   it may match on its own ("Ring 2.135.2lz-x@b.io": the street
-        //   wins over the address starting at "2", and "35.2lz-x@b.io" is
-        //   an address next to the street's token);
-        // - one with percent escapes, judged in two views (decoded and as
-        //   written), where a finding in one can leave the other a new one
-        //   ("s://:%27@r@b.io": the decoded e-mail address wins over the
-        //   written credentials, which become "%27" once it is a token).
+        // Redacting the output again must change nothing. A string where a
+        // candidate was dropped for overlapping a finding can leave the
+        // second pass something new: once the finding is a token, the part
+        // of the candidate outside it may match on its own ("Ring
+        // 2.135.2lz-x@b.io": the street wins over the address starting at
+        // "2", and "35.2lz-x@b.io" is an address next to the street's
+        // token). So can a percent-encoded string, judged decoded and as
+        // written, where a finding in one view wins over one in the other
+        // ("s://:%27@r@b.io": the decoded e-mail address wins over the
+        // written credentials, which become "%27" once it is a token).
+        // Such strings, and every percent-encoded one (the two views can
+        // disagree in more ways than that), are redacted until they stop
+        // changing.
         if w.cache.overlapped || has_percent_escape(s.as_bytes()) {
             for _ in 0..MORE_PASSES {
                 match self.redact_pass(&out, exempt, w) {
@@ -864,9 +865,10 @@ impl Redactor {
         }
         if let Some(view) = PercentView::new(bytes) {
             let features = self.scanner.scan(&view.decoded, &mut w.cache, &mut spans);
+            let decoded_text = std::str::from_utf8(&view.decoded).ok();
             if let Some(persons) = &self.persons
                 && features & F_CAPS2 != 0
-                && let Ok(text) = std::str::from_utf8(&view.decoded)
+                && let Some(text) = decoded_text
             {
                 w.found.clear();
                 persons.find(text, &spans, &mut w.person, &mut w.found);
@@ -883,9 +885,30 @@ impl Redactor {
             // and once the e-mail address is replaced they would be found.
             // Its spans fill in where the decoded view found nothing.
             let mut written = Vec::new();
-            self.scanner.scan(bytes, &mut w.cache, &mut written);
-            written.retain(|r| !spans.iter().any(|s| s.start < r.end && r.start < s.end));
+            let written_features = self.scanner.scan(bytes, &mut w.cache, &mut written);
+            written.retain(|r| {
+                let over = spans.iter().filter(|s| s.start < r.end && r.start < s.end);
+                let (mut hit, mut inside) = (false, false);
+                for s in over {
+                    hit = true;
+                    inside |= s.start <= r.start && r.end <= s.end;
+                }
+                // Part of it is left once the decoded view's finding is a
+                // token: see `redact_free`.
+                w.cache.overlapped |= hit && !inside;
+                !hit
+            });
             merge(&mut spans, &written);
+            // Decoded bytes that are not UTF-8 ("%e7" alone) leave the
+            // names to the text as written.
+            if let Some(persons) = &self.persons
+                && decoded_text.is_none()
+                && written_features & F_CAPS2 != 0
+            {
+                w.found.clear();
+                persons.find(s, &spans, &mut w.person, &mut w.found);
+                merge(&mut spans, &w.found);
+            }
         } else {
             let features = self.scanner.scan(bytes, &mut w.cache, &mut spans);
             if let Some(persons) = &self.persons
@@ -1351,6 +1374,20 @@ mod tests {
         let once = r.redact_text(text).into_owned();
         assert_eq!(once, "q@~ [PHONE]]02222024");
         assert_eq!(r.redact_text(&once), once);
+    }
+
+    #[test]
+    fn names_are_found_when_the_decoded_view_is_not_text() {
+        // Found by the `detect` fuzz target: "%e7" decodes to a byte that
+        // is not UTF-8, and names were only looked for in the decoded view.
+        let r = redactor(json!({}));
+        for text in [
+            "2%Ad:e::b\0Ma Ma :2",
+            "New lead: Susan Ho ostgres://app:maager-nUm%e7.20.1-number@d+",
+        ] {
+            let once = r.redact_text(text).into_owned();
+            assert_eq!(r.redact_text(&once), once, "{text}");
+        }
     }
 
     #[test]
