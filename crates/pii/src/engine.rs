@@ -21,7 +21,7 @@ use sha2::Sha256;
 use crate::config::{Action, ConfigProblem, RedactConfig, Resolved, UserField, normalize_field};
 use crate::names::{PersonFinder, PersonScratch};
 use crate::rules::{self, FieldRuleSpec, RulesError};
-use crate::scan::{F_CAPS2, ScanCache, Scanner, Span};
+use crate::scan::{F_CAPS2, ScanCache, Scanner, Span, overlap};
 use crate::types::{FastMap, FastSet, PiiType, WordHash, contains_token, is_token};
 
 /// Key of the process-wide default engine. Its pseudonyms are only used in
@@ -799,7 +799,7 @@ impl Redactor {
     /// Detects spans in free text and rewrites them; `None` when nothing
     /// changes.
     fn redact_free(&self, s: &str, exempt: u32, w: &mut Work) -> Option<String> {
-        w.cache.overlapped = false;
+        w.cache.recheck = false;
         let mut out = self.redact_pass(s, exempt, w)?;
         // Redacting the output again must change nothing. A string where a
         // candidate was dropped for overlapping a finding can leave the
@@ -814,7 +814,7 @@ impl Redactor {
         // Such strings, and every percent-encoded one (the two views can
         // disagree in more ways than that), are redacted until they stop
         // changing.
-        if w.cache.overlapped || has_percent_escape(s.as_bytes()) {
+        if w.cache.recheck {
             for _ in 0..MORE_PASSES {
                 match self.redact_pass(&out, exempt, w) {
                     Some(next) if next != out => out = next,
@@ -886,18 +886,9 @@ impl Redactor {
             // Its spans fill in where the decoded view found nothing.
             let mut written = Vec::new();
             let written_features = self.scanner.scan(bytes, &mut w.cache, &mut written);
-            written.retain(|r| {
-                let over = spans.iter().filter(|s| s.start < r.end && r.start < s.end);
-                let (mut hit, mut inside) = (false, false);
-                for s in over {
-                    hit = true;
-                    inside |= s.start <= r.start && r.end <= s.end;
-                }
-                // Part of it is left once the decoded view's finding is a
-                // token: see `redact_free`.
-                w.cache.overlapped |= hit && !inside;
-                !hit
-            });
+            // Two views can disagree: see `redact_free`.
+            w.cache.recheck = true;
+            written.retain(|r| overlap(&spans, *r).is_none());
             merge(&mut spans, &written);
             // Decoded bytes that are not UTF-8 ("%e7" alone) leave the
             // names to the text as written.

@@ -351,9 +351,11 @@ pub(crate) struct ScanCache {
     captures: Vec<Option<(backtrack::Cache, Captures)>>,
     splits: Vec<Option<SplitCache>>,
     candidates: Vec<Candidate>,
-    /// Set when [`Scanner::scan`] drops a candidate that overlaps one it
-    /// kept and is not inside it (the caller clears it).
-    pub(crate) overlapped: bool,
+    /// Set when another pass over the redacted text may find more (the
+    /// caller clears it): [`Scanner::scan`] sets it when it drops a
+    /// candidate that reaches outside one it kept, the engine when it
+    /// judges two views of a percent-encoded string.
+    pub(crate) recheck: bool,
 }
 
 /// The per-call caches `accept` needs besides the group's own.
@@ -703,7 +705,7 @@ impl Scanner {
                 .map(|d| d.split.as_ref().map(Split::create_cache))
                 .collect(),
             candidates: Vec::new(),
-            overlapped: false,
+            recheck: false,
         }
     }
 
@@ -767,19 +769,11 @@ impl Scanner {
         candidates.sort_by_key(|c| (c.match_start, c.order));
         let first = out.len();
         for c in &candidates {
-            let mut overlaps = false;
-            let mut inside = false;
-            for s in &out[first..] {
-                if s.start < c.span.end && c.span.start < s.end {
-                    overlaps = true;
-                    inside |= s.start <= c.span.start && c.span.end <= s.end;
-                }
-            }
-            if !overlaps {
-                out.push(c.span);
-            } else if !inside {
+            match overlap(&out[first..], c.span) {
+                None => out.push(c.span),
                 // Part of it is left once the kept span is a token.
-                cache.overlapped = true;
+                Some(Overlap::Outside) => cache.recheck = true,
+                Some(Overlap::Inside) => {}
             }
         }
         out[first..].sort_by_key(|s| s.start);
@@ -960,6 +954,31 @@ fn joined_to_token(hay: &[u8], s: usize, e: usize) -> bool {
 /// would look like some.
 fn spans_token(hay: &[u8], s: usize, e: usize) -> bool {
     memchr::memchr_iter(b'[', &hay[s..e]).any(|i| token_starts_at(hay, s + i))
+}
+
+/// How a span meets spans already kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overlap {
+    /// It lies inside one of those it overlaps: replaced with it.
+    Inside,
+    /// It reaches outside those it overlaps: part of it is left once they
+    /// are tokens.
+    Outside,
+}
+
+/// Whether `span` overlaps any of `kept`, and how.
+pub(crate) fn overlap(kept: &[Span], span: Span) -> Option<Overlap> {
+    let mut found = None;
+    for k in kept
+        .iter()
+        .filter(|k| k.start < span.end && span.start < k.end)
+    {
+        if k.start <= span.start && span.end <= k.end {
+            return Some(Overlap::Inside);
+        }
+        found = Some(Overlap::Outside);
+    }
+    found
 }
 
 /// Index of the next UTF-8 character start after `i`.
