@@ -410,12 +410,12 @@ fn tokenize(text: &str, out: &mut Vec<Token>) {
                 start = Some(i);
             }
         } else if let Some(s) = start.take() {
-            out.push(make_token(text, s, i));
+            out.push(make_token(text, s, i, false, false));
         }
         i += len;
     }
     if let Some(s) = start {
-        out.push(make_token(text, s, text.len()));
+        out.push(make_token(text, s, text.len(), false, false));
     }
 }
 
@@ -448,8 +448,8 @@ fn cut_at(text: &str, tokens: &[Token], taken: &[Span], out: &mut Vec<Token>) {
     }
 }
 
-/// The word `text[start..end]`, without the joiners at a cut end, judged
-/// like [`make_token`] but with nothing glued at a cut end.
+/// The word `text[start..end]`, without the joiners at a cut end, with
+/// nothing glued where it was cut.
 fn piece(text: &str, start: usize, end: usize, cut_before: bool, cut_after: bool) -> Option<Token> {
     let is_joiner = |c: char| matches!(c, '\'' | '-' | '’');
     let raw = text.get(start..end)?;
@@ -468,15 +468,13 @@ fn piece(text: &str, start: usize, end: usize, cut_before: bool, cut_after: bool
         return None;
     }
     let (a, b) = (start + lead, start + lead + word.len());
-    let bytes = text.as_bytes();
-    let glued = (!(cut_before && a == start) && glued_before(bytes, a))
-        || (!(cut_after && b == end) && glued_after(bytes, b));
-    let upper = word.chars().next().is_some_and(char::is_uppercase);
-    Some(Token {
-        start: a,
-        end: b,
-        cap: upper && !glued && name_shaped(word),
-    })
+    Some(make_token(
+        text,
+        a,
+        b,
+        cut_before && a == start,
+        cut_after && b == end,
+    ))
 }
 
 fn glued_before(bytes: &[u8], start: usize) -> bool {
@@ -491,7 +489,9 @@ fn glued_after(bytes: &[u8], end: usize) -> bool {
         .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'@' | b'/' | b'_' | b'\\'))
 }
 
-fn make_token(text: &str, start: usize, end: usize) -> Token {
+/// The word `text[start..end]` as a token. `free_before` / `free_after`:
+/// that side will be a finding's token, which glues to nothing.
+fn make_token(text: &str, start: usize, end: usize, free_before: bool, free_after: bool) -> Token {
     let bytes = text.as_bytes();
     let word = &text[start..end];
     // Only a word starting with an upper-case letter can be part of a name.
@@ -512,7 +512,9 @@ fn make_token(text: &str, start: usize, end: usize) -> Token {
     Token {
         start,
         end,
-        cap: !glued_before(bytes, start) && !glued_after(bytes, end) && name_shaped(word),
+        cap: (free_before || !glued_before(bytes, start))
+            && (free_after || !glued_after(bytes, end))
+            && name_shaped(word),
     }
 }
 
