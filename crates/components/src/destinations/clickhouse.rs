@@ -24,13 +24,14 @@
 //! connection errors are transient. Response bodies can quote rows, so
 //! they are only shown for codes whose text names schema objects.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sluice_config::pipeline::ClickhouseDestinationSpec;
 use sluice_core::{DeliveryError, Destination, OutputPart, Problem};
 use tokio::sync::OnceCell;
+
+use crate::destinations::postgres::{check_columns, check_identifier};
 
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 const BODY_LIMIT: usize = 200;
@@ -61,10 +62,6 @@ const PERMANENT_CODES: &[(u32, bool)] = &[
     (497, true),  // ACCESS_DENIED
     (516, true),  // AUTHENTICATION_FAILED
 ];
-
-fn check_identifier(name: &str) -> Result<(), String> {
-    crate::destinations::postgres::check_identifier(name)
-}
 
 fn quote(name: &str) -> String {
     format!("`{name}`")
@@ -209,33 +206,6 @@ pub(crate) fn build(
         }
         _ => Err(problems),
     }
-}
-
-fn check_columns(
-    map: &BTreeMap<String, String>,
-    id_column: &str,
-    problems: &mut Vec<Problem>,
-) -> Vec<(String, String)> {
-    if map.is_empty() {
-        problems.push(Problem::new("/columns", "must name at least one column"));
-    }
-    let mut out = Vec::with_capacity(map.len());
-    for (col, pointer) in map {
-        let at = format!("/columns/{}", sluice_core::pointer_token(col));
-        if let Err(m) = check_identifier(col) {
-            problems.push(Problem::new(at, m));
-        } else if col == id_column {
-            problems.push(Problem::new(
-                at,
-                "the id column is filled with the record id",
-            ));
-        } else if !pointer.is_empty() && !pointer.starts_with('/') {
-            problems.push(Problem::new(at, "must be a JSON Pointer starting with `/`"));
-        } else {
-            out.push((col.clone(), pointer.clone()));
-        }
-    }
-    out
 }
 
 /// `(major, minor)` of a `SELECT version()` answer such as `18.16.1`.

@@ -242,7 +242,10 @@ pub(crate) fn build(
     })
 }
 
-fn check_columns(
+/// The `columns` map of a table destination (`postgres`, `clickhouse`):
+/// valid identifiers other than the id column, each mapped to a JSON
+/// Pointer.
+pub(crate) fn check_columns(
     map: &BTreeMap<String, String>,
     id_column: &str,
     problems: &mut Vec<Problem>,
