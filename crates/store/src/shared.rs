@@ -175,6 +175,20 @@ macro_rules! audit_cols {
     };
 }
 
+/// The `INSERT` of an audit event into `$table` (the tenant or the system
+/// chain), with every column of `audit_cols!`.
+macro_rules! audit_insert {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (",
+            audit_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        )
+    };
+}
+
 /// Implement [`crate::Store`] for a backend. The literals are the dialect:
 /// - `now`: the current time as stored;
 /// - `lease_until`: `now` plus `$2` milliseconds (the lease is always the
@@ -200,7 +214,7 @@ macro_rules! store_impl {
     ) => {
         const _: () = {
             use $crate::shared::{
-                api_key_cols, audit_cols, batch_cols, batch_error_cols, corrupt, fetch_limit,
+                api_key_cols, audit_cols, audit_insert, batch_cols, batch_error_cols, corrupt, fetch_limit,
                 lease_ms, page, page_by_int, pipeline_cols, pipeline_join, pipeline_join_cols,
                 tenant_cols, version_cols, write_error,
             };
@@ -367,6 +381,33 @@ macro_rules! store_impl {
                 stored.hash = Some($crate::audit_hash(&prev_hash, &stored));
                 stored.prev_hash = Some(prev_hash);
                 stored
+            }
+
+            /// Writes an event [`chained`] sealed; `insert` is the
+            /// `audit_insert!` of its chain's table.
+            async fn insert_chained(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                insert: &'static str,
+                stored: &AuditEvent,
+                seq: i64,
+            ) -> Result<()> {
+                sqlx::query(insert)
+                    .bind(stored.id)
+                    .bind(stored.tenant_id)
+                    .bind(stored.actor_key_id)
+                    .bind(&stored.action)
+                    .bind(&stored.target)
+                    .bind(&stored.request_id)
+                    .bind(&stored.client_addr)
+                    .bind(Json(&stored.details))
+                    .bind(bind_ts(stored.created_at))
+                    .bind(seq)
+                    .bind(&stored.prev_hash)
+                    .bind(&stored.hash)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(write_error)?;
+                Ok(())
             }
 
             fn rows<T>(rows: Vec<DbRow>, f: impl Fn(&DbRow) -> Result<T>) -> Result<Vec<T>> {
@@ -1239,26 +1280,7 @@ macro_rules! store_impl {
                         None => (1, $crate::GENESIS_HASH.to_owned()),
                     };
                     let stored = chained(event, seq, prev_hash);
-                    sqlx::query(
-                        "INSERT INTO audit_events (id, tenant_id, actor_key_id, action, target, \
-                         request_id, client_addr, details, created_at, seq, prev_hash, hash) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(stored.id)
-                    .bind(stored.tenant_id)
-                    .bind(stored.actor_key_id)
-                    .bind(&stored.action)
-                    .bind(&stored.target)
-                    .bind(&stored.request_id)
-                    .bind(&stored.client_addr)
-                    .bind(Json(&stored.details))
-                    .bind(bind_ts(stored.created_at))
-                    .bind(seq)
-                    .bind(&stored.prev_hash)
-                    .bind(&stored.hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(write_error)?;
+                    insert_chained(&mut tx, audit_insert!("audit_events"), &stored, seq).await?;
                     tx.commit().await?;
                     Ok(stored)
                 }
@@ -1279,26 +1301,7 @@ macro_rules! store_impl {
                         None => (1, $crate::GENESIS_HASH.to_owned()),
                     };
                     let stored = chained(event, seq, prev_hash);
-                    sqlx::query(
-                        "INSERT INTO system_audit_events (id, tenant_id, actor_key_id, action, target, \
-                         request_id, client_addr, details, created_at, seq, prev_hash, hash) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(stored.id)
-                    .bind(stored.tenant_id)
-                    .bind(stored.actor_key_id)
-                    .bind(&stored.action)
-                    .bind(&stored.target)
-                    .bind(&stored.request_id)
-                    .bind(&stored.client_addr)
-                    .bind(Json(&stored.details))
-                    .bind(bind_ts(stored.created_at))
-                    .bind(seq)
-                    .bind(&stored.prev_hash)
-                    .bind(&stored.hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(write_error)?;
+                    insert_chained(&mut tx, audit_insert!("system_audit_events"), &stored, seq).await?;
                     tx.commit().await?;
                     Ok(stored)
                 }
@@ -1534,8 +1537,8 @@ macro_rules! store_impl {
 }
 
 pub(crate) use {
-    api_key_cols, audit_cols, batch_cols, batch_error_cols, pipeline_cols, pipeline_join,
-    pipeline_join_cols, store_impl, tenant_cols, version_cols,
+    api_key_cols, audit_cols, audit_insert, batch_cols, batch_error_cols, pipeline_cols,
+    pipeline_join, pipeline_join_cols, store_impl, tenant_cols, version_cols,
 };
 
 #[cfg(test)]
