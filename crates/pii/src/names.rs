@@ -99,11 +99,17 @@ pub(crate) fn fold(word: &str, out: &mut String) {
                 out.push_str("ss");
                 continue;
             }
-            '\'' | '’' | '-' => continue,
+            c if is_joiner(c) => continue,
             other => other,
         };
         out.push(mapped);
     }
+}
+
+/// A character that joins the parts of a name ("O'Brien", "Anne-Marie",
+/// "D’Angelo").
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\'' | '’' | '-')
 }
 
 /// Whether `word` is shaped like a name: an upper-case letter, then letters
@@ -130,11 +136,11 @@ fn name_shaped(word: &str) -> bool {
         if c.is_lowercase() {
             has_lower = true;
         } else if c.is_uppercase() {
-            let ok = len == allowed_cap_at || prev == '\'' || prev == '’' || prev == '-';
+            let ok = len == allowed_cap_at || is_joiner(prev);
             if !ok {
                 return false;
             }
-        } else if !(c == '\'' || c == '’' || c == '-') {
+        } else if !is_joiner(c) {
             return false;
         }
         prev = c;
@@ -397,10 +403,10 @@ fn tokenize(text: &str, out: &mut Vec<Token>) {
     while i < bytes.len() {
         let b = bytes[i];
         let (alpha, joiner_char, len) = if b < 0x80 {
-            (b.is_ascii_alphabetic(), b == b'\'' || b == b'-', 1)
+            (b.is_ascii_alphabetic(), is_joiner(char::from(b)), 1)
         } else {
             match char_at(text, i) {
-                Some(c) => (c.is_alphabetic(), c == '’', c.len_utf8()),
+                Some(c) => (c.is_alphabetic(), is_joiner(c), c.len_utf8()),
                 None => (false, false, 1),
             }
         };
@@ -451,7 +457,6 @@ fn cut_at(text: &str, tokens: &[Token], taken: &[Span], out: &mut Vec<Token>) {
 /// The word `text[start..end]`, without the joiners at a cut end, with
 /// nothing glued where it was cut.
 fn piece(text: &str, start: usize, end: usize, cut_before: bool, cut_after: bool) -> Option<Token> {
-    let is_joiner = |c: char| matches!(c, '\'' | '-' | '’');
     let raw = text.get(start..end)?;
     let lead = if cut_before {
         raw.len() - raw.trim_start_matches(is_joiner).len()
